@@ -1,0 +1,1 @@
+"""Generalizable feed-forward predictors (UniSem, GSemSplat); see the feed-forward issues."""

@@ -1,0 +1,8 @@
+"""Splat renderer: gsplat for CUDA tensors, a pure-PyTorch backend with the same signature elsewhere.
+
+Importing this package does no CUDA work and does not import nerfstudio.
+"""
+
+from .rasterization import RENDER_MODES, gsplat_version, rasterization, select_backend
+
+__all__ = ["rasterization", "select_backend", "gsplat_version", "RENDER_MODES"]
