@@ -1,0 +1,128 @@
+"""Reading and checking a scene folder (layout in ``shared/specs/DATA.md``) without nerfstudio.
+
+Every check raises :class:`InputError` with one line that names the offending file and says how to fix
+it; the Nerfstudio glue turns that into a clean exit instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+_INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
+
+
+class InputError(ValueError):
+    """Bad user input (a scene folder, a file in it, a checkpoint). The message is one line."""
+
+
+@dataclass
+class SceneFrame:
+    image: Path
+    depth: Optional[Path]
+    width: int
+    height: int
+
+
+def read_transforms(scene: Path) -> Dict:
+    """Load ``scene/transforms.json``, with one-line errors for a missing or malformed file."""
+    scene = Path(scene)
+    if not scene.exists():
+        raise InputError(f"{scene}: no such scene folder; make one with `unisem-make-scene --out {scene}` or pass --data DIR")
+    if not scene.is_dir():
+        raise InputError(f"{scene}: --data must be a scene folder containing transforms.json, not a file")
+    path = scene / "transforms.json"
+    if not path.exists():
+        hint = "the folder is empty" if not any(scene.iterdir()) else "it has no transforms.json"
+        raise InputError(
+            f"{path}: not found ({hint}); make a scene with `unisem-make-scene --out {scene}` "
+            "or convert your images with `ns-process-data`"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: unreadable JSON ({e}); fix or regenerate the file") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
+        raise InputError(f"{path}: has no 'frames' list; every image needs a frame with file_path and transform_matrix")
+    return meta
+
+
+def _image_size(path: Path) -> Tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise InputError(f"{path}: unreadable image ({type(e).__name__}); replace the file or drop its frame from transforms.json") from None
+
+
+def validate_scene(scene: Path, check_images: bool = True) -> List[SceneFrame]:
+    """Check a scene folder before Nerfstudio reads it.
+
+    Checks: transforms.json exists and parses; every frame has intrinsics (top level or per frame) and
+    a 4x4 transform; every image exists, decodes, and has the size the intrinsics declare; depth files
+    named by frames exist.
+
+    Args:
+        scene: the scene folder.
+        check_images: open every image (set False to skip decoding for very large scenes).
+
+    Returns:
+        One :class:`SceneFrame` per frame.
+    """
+    scene = Path(scene)
+    meta = read_transforms(scene)
+    tpath = scene / "transforms.json"
+    frames = []
+    for i, frame in enumerate(meta["frames"]):
+        missing = [k for k in ("fl_x", "w", "h") if k not in frame and k not in meta]
+        if missing:
+            raise InputError(
+                f"{tpath}: frame {i} has no intrinsics ({', '.join(missing)} missing); add fl_x, fl_y, cx, cy, w, h "
+                "at the top level or per frame"
+            )
+        if "file_path" not in frame:
+            raise InputError(f"{tpath}: frame {i} has no file_path; name the frame's image, e.g. images/frame_00000.png")
+        tm = np.asarray(frame.get("transform_matrix", []), dtype=float)
+        if tm.shape not in ((4, 4), (3, 4)):
+            raise InputError(f"{tpath}: frame {i} ({frame['file_path']}) needs a 4x4 camera-to-world transform_matrix")
+        image = scene / frame["file_path"]
+        if not image.exists():
+            raise InputError(f"{image}: image named by {tpath} (frame {i}) is missing; restore it or remove the frame")
+        w = int(frame.get("w", meta.get("w")))
+        h = int(frame.get("h", meta.get("h")))
+        if check_images:
+            size = _image_size(image)
+            if size != (w, h):
+                raise InputError(
+                    f"{image}: image is {size[0]}x{size[1]} but {tpath} declares w={w}, h={h}; "
+                    "fix w/h (and fl_x, fl_y, cx, cy) or resize the image"
+                )
+        depth = None
+        if "depth_file_path" in frame:
+            depth = scene / frame["depth_file_path"]
+            if not depth.exists():
+                raise InputError(f"{depth}: depth map named by {tpath} (frame {i}) is missing; restore it or drop depth_file_path")
+        frames.append(SceneFrame(image=image, depth=depth, width=w, height=h))
+    return frames
+
+
+def load_depth(path: Path, unit_scale: float = 1e-3) -> np.ndarray:
+    """A depth map in metres, [H, W] float32: ``.npy`` float metres, or a 16-bit PNG in ``unit_scale`` units."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            return np.load(path).astype(np.float32)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im, dtype=np.float32) * unit_scale
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable depth map ({e}); regenerate it or drop depth_file_path") from None

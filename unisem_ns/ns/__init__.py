@@ -1,0 +1,1 @@
+"""Nerfstudio glue: dataparser, dataset, model and checkpoint safety. Imports nerfstudio."""

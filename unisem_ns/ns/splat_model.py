@@ -1,0 +1,329 @@
+"""``unisem-splat``: Splatfacto that runs on CPU and CUDA through ``unisem_ns.render``, with an extra
+N-D feature channel per Gaussian for the semantic methods to supervise."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Tuple, Type, Union
+
+import torch
+from gsplat.strategy import DefaultStrategy
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.models.splatfacto import (
+    SplatfactoModel,
+    SplatfactoModelConfig,
+    num_sh_bases,
+    random_quat_tensor,
+    RGB2SH,
+)
+from nerfstudio.utils.colors import get_color
+from nerfstudio.utils.rich_utils import CONSOLE
+from pytorch_msssim import SSIM
+from torch.nn import Parameter
+
+from unisem_ns.data.scene_io import InputError
+from unisem_ns.metrics.depth import depth_metrics
+from unisem_ns.ns.dataparser import exit_on_input_error
+from unisem_ns.render import rasterization
+from unisem_ns.render.projection import spherical_harmonics
+
+# torchvision's AlexNet weights, which torchmetrics' LPIPS needs; never downloaded by us.
+_ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+
+
+def lpips_weights_available() -> bool:
+    return (Path(torch.hub.get_dir()) / "checkpoints" / _ALEXNET_FILE).exists()
+
+
+@dataclass
+class UnisemSplatModelConfig(SplatfactoModelConfig):
+    """Splatfacto on ``unisem_ns.render`` (gsplat on CUDA, a sparse PyTorch rasterizer on CPU)."""
+
+    _target: Type = field(default_factory=lambda: UnisemSplatModel)
+    feature_dim: int = 16
+    """Width of the per-Gaussian feature rendered next to RGB (0 disables it). Semantic methods supervise it;
+    the base method only renders it (PCA-coloured as 'features' in the viewer)."""
+    render_backend: Literal["auto", "gsplat", "torch"] = "auto"
+    """'auto' uses gsplat for CUDA tensors and the PyTorch backend otherwise."""
+    lpips: Literal["auto", "off"] = "auto"
+    """'auto' reports LPIPS when torchvision's AlexNet weights are on disk (torch hub cache), else skips it
+    with one warning; nothing is downloaded."""
+    use_absgrad: bool = True
+    """Densify on absolute 2D gradients (gsplat's absgrad; emulated exactly by the PyTorch backend)."""
+    num_downscales: int = 0
+    """Train at 1/2^k resolution first (Splatfacto uses 2 for multi-megapixel captures; our scenes are small)."""
+
+
+class UnisemSplatModel(SplatfactoModel):
+    """Splatfacto whose parameters, rendering and metrics work on any device."""
+
+    config: UnisemSplatModelConfig
+    method_name = "unisem-splat"
+
+    def populate_modules(self):
+        # Model.device does not exist yet inside populate_modules; nerfstudio passes it in kwargs.
+        cfg = self.config
+        if self.seed_points is not None and not cfg.random_init:
+            means = self.seed_points[0].float().cpu()
+        else:
+            means = (torch.rand((cfg.num_random, 3)) - 0.5) * cfg.random_scale
+        distances, _ = self.k_nearest_sklearn(means, 3)
+        avg_dist = torch.from_numpy(distances).float().mean(dim=-1, keepdim=True).clamp_min(1e-7)
+        n = means.shape[0]
+        dim_sh = num_sh_bases(cfg.sh_degree)
+        seed_rgb = None
+        if self.seed_points is not None and not cfg.random_init and self.seed_points[1].shape[0] > 0:
+            seed_rgb = self.seed_points[1].float().cpu() / 255.0
+        shs = torch.zeros(n, dim_sh, 3)
+        if seed_rgb is not None:
+            shs[:, 0] = RGB2SH(seed_rgb) if cfg.sh_degree > 0 else torch.logit(seed_rgb, eps=1e-10)
+        else:
+            shs[:, 0] = torch.rand(n, 3)
+        params = {
+            "means": means,
+            "scales": torch.log(avg_dist.repeat(1, 3)),
+            "quats": random_quat_tensor(n),
+            "features_dc": shs[:, 0].clone(),
+            "features_rest": shs[:, 1:].clone(),
+            "opacities": torch.logit(0.1 * torch.ones(n, 1)),
+        }
+        if cfg.feature_dim > 0:
+            # Small random features so the PCA view is not degenerate before any supervision.
+            params["features_sem"] = 0.01 * torch.randn(n, cfg.feature_dim)
+        self.gauss_params = torch.nn.ParameterDict({k: Parameter(v) for k, v in params.items()})
+
+        self.camera_optimizer = cfg.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
+        from torchmetrics.image import PeakSignalNoiseRatio
+
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.ssim = SSIM(data_range=1.0, size_average=True, channel=3)
+        self.lpips = self._make_lpips()
+        self.step = 0
+        self.crop_box = None
+        if cfg.background_color == "random":
+            self.background_color = torch.tensor([0.1490, 0.1647, 0.2157])  # viser's default background
+        else:
+            self.background_color = get_color(cfg.background_color)
+        if cfg.use_bilateral_grid:
+            from nerfstudio.model_components.lib_bilagrid import BilateralGrid
+
+            self.bil_grids = BilateralGrid(
+                num=self.num_train_data, grid_X=cfg.grid_shape[0], grid_Y=cfg.grid_shape[1], grid_W=cfg.grid_shape[2]
+            )
+        self.strategy = DefaultStrategy(
+            prune_opa=cfg.cull_alpha_thresh,
+            grow_grad2d=cfg.densify_grad_thresh,
+            grow_scale3d=cfg.densify_size_thresh,
+            grow_scale2d=cfg.split_screen_size,
+            prune_scale3d=cfg.cull_scale_thresh,
+            prune_scale2d=cfg.cull_screen_size,
+            refine_scale2d_stop_iter=cfg.stop_screen_size_at,
+            refine_start_iter=cfg.warmup_length,
+            refine_stop_iter=cfg.stop_split_at,
+            reset_every=cfg.reset_alpha_every * cfg.refine_every,
+            refine_every=cfg.refine_every,
+            pause_refine_after_reset=self.num_train_data + cfg.refine_every,
+            absgrad=cfg.use_absgrad,
+            revised_opacity=False,
+            verbose=False,
+        )
+        self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
+
+    def _make_lpips(self):
+        if self.config.lpips == "off":
+            return None
+        if not lpips_weights_available():
+            CONSOLE.log(
+                f"[yellow]LPIPS skipped: torchvision's AlexNet weights ({_ALEXNET_FILE}) are not in "
+                f"{Path(torch.hub.get_dir()) / 'checkpoints'}; copy them there to report LPIPS."
+            )
+            return None
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        return LearnedPerceptualImagePatchSimilarity(normalize=True)
+
+    # ----------------------------------------------------------------------------------- parameters
+
+    @property
+    def features_sem(self) -> Optional[torch.Tensor]:
+        return self.gauss_params["features_sem"] if "features_sem" in self.gauss_params else None
+
+    def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
+        # Every gauss_params key must be an optimizer group: gsplat's strategy updates each by name.
+        return {name: [param] for name, param in self.gauss_params.items()}
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):  # type: ignore[override]
+        self._check_checkpoint(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, **kwargs)
+
+    def _check_checkpoint(self, state_dict) -> None:
+        """Refuse a checkpoint written by another method or with another feature width, in one line."""
+        keys = {k.split(".", 1)[1] for k in state_dict if k.startswith("gauss_params.")}
+        want = set(self.gauss_params.keys())
+        if keys == want:
+            return
+        where = _checkpoint_path_from_callers() or "the checkpoint"
+        if not keys:
+            raise exit_on_input_error(
+                InputError(
+                    f"{where}: not a Gaussian-splatting checkpoint (no gauss_params); it was written by another "
+                    f"method: load it with that method, or train {self.method_name} to get one"
+                )
+            )
+        raise exit_on_input_error(
+            InputError(
+                f"{where}: written by another method or configuration (Gaussian parameters {sorted(keys)}, "
+                f"{self.method_name} expects {sorted(want)}); load it with the config.yml of the run that wrote it"
+            )
+        )
+
+    # ----------------------------------------------------------------------------------- rendering
+
+    def _render_colors(self, means, features_dc, features_rest, viewmat) -> torch.Tensor:
+        """Per-camera RGB [C, N, 3], with SH evaluated here so features can ride in the same pass."""
+        if self.config.sh_degree > 0:
+            degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
+            shs = torch.cat([features_dc[:, None], features_rest], dim=1)
+            campos = torch.linalg.inv(viewmat)[:, :3, 3]
+            dirs = means[None] - campos[:, None]
+            return torch.clamp_min(spherical_harmonics(degree, dirs, shs[None].expand(viewmat.shape[0], -1, -1, -1)) + 0.5, 0.0)
+        return torch.sigmoid(features_dc)[None].expand(viewmat.shape[0], -1, -1)
+
+    def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
+        if not isinstance(camera, Cameras):
+            raise TypeError("UnisemSplatModel.get_outputs needs a Cameras object")
+        if self.training:
+            assert camera.shape[0] == 1, "Only one camera at a time"
+            c2w = self.camera_optimizer.apply_to_camera(camera)
+        else:
+            c2w = camera.camera_to_worlds
+
+        crop_ids = None
+        if self.crop_box is not None and not self.training:
+            crop_ids = self.crop_box.within(self.means).squeeze()
+            if crop_ids.sum() == 0:
+                return self._empty_outputs(int(camera.width.item()), int(camera.height.item()))
+        params = {k: (v[crop_ids] if crop_ids is not None else v) for k, v in self.gauss_params.items()}
+
+        scale_fac = self._get_downscale_factor()
+        camera.rescale_output_resolution(1 / scale_fac)
+        viewmat = get_viewmat(c2w)
+        K = camera.get_intrinsics_matrices().to(self.device)
+        W, H = int(camera.width.item()), int(camera.height.item())
+        self.last_size = (H, W)
+        camera.rescale_output_resolution(scale_fac)
+
+        render_mode = "RGB+ED" if (self.config.output_depth_during_training or not self.training) else "RGB"
+        colors = self._render_colors(params["means"], params["features_dc"], params["features_rest"], viewmat)
+        if "features_sem" in params:
+            colors = torch.cat([colors, params["features_sem"][None].expand(colors.shape[0], -1, -1)], dim=-1)
+        render, alpha, self.info = rasterization(
+            means=params["means"],
+            quats=params["quats"],
+            scales=torch.exp(params["scales"]),
+            opacities=torch.sigmoid(params["opacities"]).squeeze(-1),
+            colors=colors,
+            viewmats=viewmat,
+            Ks=K,
+            width=W,
+            height=H,
+            packed=False,
+            near_plane=0.01,
+            far_plane=1e10,
+            render_mode=render_mode,
+            sh_degree=None,
+            absgrad=self.strategy.absgrad,
+            rasterize_mode=self.config.rasterize_mode,
+            backend=self.config.render_backend,
+        )
+        if self.training:
+            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info)
+
+        background = self._get_background_color()
+        rgb = torch.clamp(render[..., :3] + (1 - alpha) * background, 0.0, 1.0)
+        if self.config.use_bilateral_grid and self.training:
+            if camera.metadata is not None and "cam_idx" in camera.metadata:
+                rgb = self._apply_bilateral_grid(rgb, camera.metadata["cam_idx"], H, W)
+        outputs: Dict[str, Union[torch.Tensor, List]] = {
+            "rgb": rgb.squeeze(0),
+            "accumulation": alpha.squeeze(0),
+            "background": background.expand(H, W, 3) if not self.training else background,
+        }
+        if render_mode == "RGB+ED":
+            depth = render[..., -1:]
+            outputs["depth"] = torch.where(alpha > 0, depth, depth.detach().max()).squeeze(0)
+        else:
+            outputs["depth"] = None
+        if "features_sem" in params:
+            outputs["features"] = render[..., 3 : 3 + self.config.feature_dim].squeeze(0)
+        return outputs
+
+    def _empty_outputs(self, width: int, height: int) -> Dict[str, torch.Tensor]:
+        out = self.get_empty_outputs(width, height, self.background_color.to(self.device))
+        if self.config.feature_dim > 0:
+            out["features"] = torch.zeros(height, width, self.config.feature_dim, device=self.device)
+        return out
+
+    # ----------------------------------------------------------------------------------- metrics
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, torch.Tensor]]:
+        gt_rgb = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
+        pred = outputs["rgb"]
+        images = {"img": torch.cat([gt_rgb, pred], dim=1)}
+        gt_b = torch.moveaxis(gt_rgb, -1, 0)[None]
+        pred_b = torch.moveaxis(pred, -1, 0)[None]
+        metrics = {"psnr": float(self.psnr(gt_b, pred_b).item()), "ssim": float(self.ssim(gt_b, pred_b))}
+        if self.lpips is not None:
+            metrics["lpips"] = float(self.lpips(gt_b, pred_b))
+        if "depth_image" in batch and outputs.get("depth") is not None:
+            gt_depth = batch["depth_image"].to(self.device)
+            metrics.update({f"depth_{k}": v for k, v in depth_metrics(outputs["depth"], gt_depth).items()})
+            images["depth"] = _depth_pair_image(gt_depth, outputs["depth"])
+        return metrics, images
+
+
+def get_viewmat(camera_to_worlds: torch.Tensor) -> torch.Tensor:
+    """World-to-camera [C, 4, 4] (OpenCV axes) from Nerfstudio's camera-to-world [C, 3, 4] (OpenGL axes).
+
+    Splatfacto's version is wrapped in torch.compile, which on CPU starts a C++ build; this is 5 lines.
+    """
+    rot = camera_to_worlds[:, :3, :3] * torch.tensor([1.0, -1.0, -1.0], device=camera_to_worlds.device)
+    trans = camera_to_worlds[:, :3, 3:4]
+    rot_inv = rot.transpose(1, 2)
+    viewmat = torch.zeros(camera_to_worlds.shape[0], 4, 4, device=camera_to_worlds.device, dtype=camera_to_worlds.dtype)
+    viewmat[:, :3, :3] = rot_inv
+    viewmat[:, :3, 3:4] = -rot_inv @ trans
+    viewmat[:, 3, 3] = 1.0
+    return viewmat
+
+
+def _depth_pair_image(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """GT | predicted depth side by side, [H, 2W, 3], normalised on the GT range for viewing."""
+    valid = gt > 0
+    lo = gt[valid].min() if valid.any() else gt.min()
+    hi = gt[valid].max() if valid.any() else gt.max()
+    both = torch.cat([gt, pred], dim=1)
+    return ((both - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1).expand(-1, -1, 3)
+
+
+def _checkpoint_path_from_callers() -> Optional[str]:
+    """The checkpoint path Nerfstudio is loading, read from its caller's ``load_path`` local.
+
+    Nerfstudio's loaders (``eval_setup``, ``Trainer._load_checkpoint``) do not pass the path down to the
+    model; reading it from the calling frames lets the error name the file. Best effort only.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            value = frame.f_locals.get("load_path")
+            if isinstance(value, (str, Path)):
+                return str(value)
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
