@@ -45,13 +45,13 @@ def test_training_resumes_from_a_saved_checkpoint(runs):
     assert [p.name for p in first] == ["step-000000199.ckpt"]
     assert resumed[-1].name == "step-000000399.ckpt"
     state = torch.load(resumed[-1], map_location="cpu", weights_only=True)
-    assert state["step"] == 399
-    # The resumed run starts from the first run's Gaussians (densified), not from the seed points.
+    assert state["step"] == 399  # 200 iterations ending at step 399: continued from the loaded step 199
     first_state = torch.load(first[-1], map_location="cpu", weights_only=True)
-    seed_n = torch.load(
-        sorted((runs["untrained"] / "nerfstudio_models").glob("step-*.ckpt"))[-1], map_location="cpu", weights_only=True
-    )["pipeline"]["_model.gauss_params.means"].shape[0]
-    assert first_state["pipeline"]["_model.gauss_params.means"].shape[0] != seed_n
+    # The optimizers continued too, and kept updating the loaded Gaussians (a stale optimizer would
+    # leave them exactly as loaded; no densification happens before step 500).
+    assert state["optimizers"]["means"]["state"][0]["step"] == 400
+    before, after = (s["pipeline"]["_model.gauss_params.means"] for s in (first_state, state))
+    assert before.shape == after.shape and not torch.equal(before, after)
 
 
 def test_outputs_carry_the_feature_channel(runs):

@@ -62,8 +62,6 @@ def test_viewer_serves_a_rendered_frame_to_a_browser(runs, tmp_path):
         )
     try:
         wait_for_port(port, proc, log)
-        # Only loopback: the server must not answer on another interface address.
-        assert "127.0.0.1" in log.read_text() or True
         png = tmp_path / "viewer.png"
         done = screenshot(f"http://127.0.0.1:{port}", png, budget_ms=20000)
         assert png.exists(), done.stderr[-2000:]
@@ -77,7 +75,8 @@ def test_viewer_serves_a_rendered_frame_to_a_browser(runs, tmp_path):
         # The 3D canvas (left of the control panel) shows the rendered scene, not a flat background.
         canvas = img[100:600, 50:500]
         assert canvas.std() > 10 and np.unique(canvas.reshape(-1, 3), axis=0).shape[0] > 100
-        shutil.copy(png, Path(os.environ.get("UNISEM_TEST_ARTIFACTS", tmp_path)) / "viewer.png")
+        if os.environ.get("UNISEM_TEST_ARTIFACTS"):  # keep the screenshot for a person to look at
+            shutil.copy(png, Path(os.environ["UNISEM_TEST_ARTIFACTS"]) / "viewer.png")
     finally:
         proc.terminate()
         try:

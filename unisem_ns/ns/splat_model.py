@@ -155,9 +155,22 @@ class UnisemSplatModel(SplatfactoModel):
         # Every gauss_params key must be an optimizer group: gsplat's strategy updates each by name.
         return {name: [param] for name, param in self.gauss_params.items()}
 
+    def update_to_step(self, step: int) -> None:
+        # Called by Nerfstudio before loading a checkpoint: evaluate with the SH degree of that step.
+        self.step = step
+
     def load_state_dict(self, state_dict, strict: bool = True, **kwargs):  # type: ignore[override]
+        """Load a checkpoint, resizing the Gaussians in place.
+
+        Splatfacto replaces each ``gauss_params`` Parameter with a new one here, but the trainer built
+        its optimizers before loading, so after a resume they step orphaned tensors and the Gaussians
+        stop training. Resizing ``.data`` keeps the Parameter objects the optimizers hold.
+        """
         self._check_checkpoint(state_dict)
-        return super().load_state_dict(state_dict, strict=strict, **kwargs)
+        n = state_dict["gauss_params.means"].shape[0]
+        for param in self.gauss_params.values():
+            param.data = torch.zeros((n,) + tuple(param.shape[1:]), dtype=param.dtype, device=param.device)
+        return torch.nn.Module.load_state_dict(self, state_dict, strict=strict, **kwargs)
 
     def _check_checkpoint(self, state_dict) -> None:
         """Refuse a checkpoint written by another method or with another feature width, in one line."""
