@@ -28,14 +28,14 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def make_scene(n: int, size: int, channels: int, device: str, seed: int = 0):
-    """Gaussians filling the view frustum at 3-6 m, sized for a median screen radius of about 5 px at 128 px."""
+    """Gaussians filling the view frustum at 3-6 m, sized for a median screen radius of 5 px at any image size."""
     g = torch.Generator().manual_seed(seed)
     depth = torch.rand(n, generator=g) * 3 + 3
     fov_half = 0.5
     xy = (torch.rand(n, 2, generator=g) * 2 - 1) * fov_half * depth[:, None]
     means = torch.cat([xy, depth[:, None]], 1)
     quats = torch.randn(n, 4, generator=g)
-    scales = torch.exp(torch.randn(n, 3, generator=g) * 0.3) * 0.012
+    scales = torch.exp(torch.randn(n, 3, generator=g) * 0.3) * 0.04 * 128 / size
     opac = torch.rand(n, generator=g) * 0.9 + 0.05
     colors = torch.rand(n, channels, generator=g)
     f = size / (2 * fov_half)

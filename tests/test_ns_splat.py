@@ -66,3 +66,13 @@ def test_outputs_carry_the_feature_channel(runs):
     assert outputs["features"].shape == (h, w, 16)
     assert pipeline.model.device.type == "cpu"
     assert pipeline.model.info["backend"] == "torch"
+
+
+def test_ns_train_lists_the_method():
+    proc = run_cli([ns_bin("ns-train"), "--help"])
+    assert proc.returncode == 0
+    assert "unisem-splat" in proc.stdout
+    proc = run_cli([ns_bin("ns-train"), "unisem-splat", "--help"])
+    assert proc.returncode == 0
+    for flag in ("--pipeline.model.feature-dim", "--pipeline.model.render-backend", "--pipeline.model.lpips"):
+        assert flag in proc.stdout, flag

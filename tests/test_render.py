@@ -142,6 +142,21 @@ def test_values_and_gradients_match_dense_for_feature_widths(d):
         torch.testing.assert_close(x, y, atol=1e-9, rtol=1e-7, msg=name)
 
 
+def test_row_bands_match_a_single_pass(monkeypatch):
+    # Large images are composited in bands of rows; force many small bands and compare with dense.
+    from unisem_ns.render import composite
+
+    monkeypatch.setattr(composite, "PAIRS_PER_BAND", 300)
+    scene = make_scene(n=150, d=4, c=2, seed=9)
+    r1, a1, g1, info = render_with_grads("torch", scene, 40, 30, render_mode="RGB+ED", absgrad=True)
+    r2, a2, g2, _ = render_with_grads("dense", scene, 40, 30, render_mode="RGB+ED")
+    assert info["n_pairs"] > 300 * 5
+    torch.testing.assert_close(r1, r2, atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(a1, a2)
+    for x, y in zip(g1, g2):
+        torch.testing.assert_close(x, y, atol=1e-8, rtol=1e-6)
+
+
 @pytest.mark.parametrize("render_mode", MODES)
 @pytest.mark.parametrize("rasterize_mode", ["classic", "antialiased"])
 def test_every_render_mode_matches_dense(render_mode, rasterize_mode):

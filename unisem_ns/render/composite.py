@@ -27,6 +27,8 @@ from torch import Tensor
 
 from .projection import ALPHA_THRESHOLD, LOG_TRANSMITTANCE_MIN, MAX_ALPHA, opacity_extent, tile_bounds
 
+PAIRS_PER_BAND = 1 << 20
+
 # CSR tensors warn that they are beta on every construction; the layout we build is valid by construction.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
@@ -41,7 +43,7 @@ class PixelPairs:
         gid: [P] int64 index into the camera's depth-sorted visible Gaussians.
         dx, dy: [P] ``mean2d - pixel_centre`` for each pair.
         crow: [H*W + 1] int64 CSR row pointers over ``pix``.
-        order: [P] int64 position of each sorted pair in Gaussian-major order (for ``W^T``).
+        sorted_pos: [P] int64 position in the pixel-sorted lists of each pair in Gaussian-major order.
         crow_t: [Nv + 1] int64 CSR row pointers of the Gaussian-major layout.
         pix_t: [P] int64 pixel index of each pair in Gaussian-major order.
     """
@@ -51,7 +53,7 @@ class PixelPairs:
     dx: Tensor
     dy: Tensor
     crow: Tensor
-    order: Tensor
+    sorted_pos: Tensor
     crow_t: Tensor
     pix_t: Tensor
 
@@ -84,49 +86,60 @@ def build_pairs(
     means2d: Tensor,
     conics: Tensor,
     opacities: Tensor,
-    radii: Tensor,
+    boxes: Tuple[Tensor, Tensor, Tensor, Tensor],
     width: int,
-    height: int,
-    tile_size: int = 16,
+    row_lo: int,
+    row_hi: int,
 ) -> Tuple[PixelPairs, Tensor]:
-    """Enumerate and alpha-test the (pixel, Gaussian) pairs of one camera.
+    """Enumerate and alpha-test the (pixel, Gaussian) pairs of one camera within rows [row_lo, row_hi).
 
     Args:
         means2d: [Nv, 2] centres of the visible Gaussians, sorted front to back.
         conics: [Nv, 3] inverse 2D covariances.
         opacities: [Nv] effective opacities.
-        radii: [Nv] gsplat radii (> 0).
-        width, height: image size.
-        tile_size: gsplat tile size, used to reproduce which pixels gsplat considers.
+        boxes: (x0, x1, y0, y1) [Nv] int64 pixel boxes from :func:`_pixel_boxes`.
+        width: image width.
+        row_lo, row_hi: the band of rows; pixel indices are relative to ``row_lo``.
 
     Returns:
         (pairs, alpha): the pair lists and [P] alpha per sorted pair (no gradient).
     """
     device = means2d.device
-    x0, x1, y0, y1 = _pixel_boxes(means2d, radii, conics, opacities, width, height, tile_size)
+    x0, x1, y0, y1 = boxes
+    y0 = y0.clamp(row_lo, row_hi)
+    y1 = y1.clamp(row_lo, row_hi)
+    height = row_hi - row_lo
     bw = x1 - x0
     counts = bw * (y1 - y0)
     total = int(counts.sum())
     nv = means2d.shape[0]
-    gid = torch.repeat_interleave(torch.arange(nv, device=device), counts, output_size=total)
+    # Expand per-Gaussian values to candidate pairs with repeat_interleave (a streaming copy; a random
+    # gather per attribute costs several times more).
     start = torch.cumsum(counts, 0) - counts
-    local = torch.arange(total, device=device) - start.index_select(0, gid)
-    bw_g = bw.index_select(0, gid)
-    px = x0.index_select(0, gid) + local % bw_g.clamp_min(1)
-    py = y0.index_select(0, gid) + torch.div(local, bw_g.clamp_min(1), rounding_mode="floor")
-    dx = means2d[:, 0].index_select(0, gid) - (px.to(means2d.dtype) + 0.5)
-    dy = means2d[:, 1].index_select(0, gid) - (py.to(means2d.dtype) + 0.5)
-    ca, cb, cc = (conics[:, i].index_select(0, gid) for i in range(3))
-    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-    alpha = torch.clamp(opacities.index_select(0, gid) * torch.exp(-sigma), max=MAX_ALPHA)
-    keep = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
-    idx = keep.nonzero().squeeze(1)
-    gid, dx, dy, alpha = gid[idx], dx[idx], dy[idx], alpha[idx]
-    pix_t = (py[idx] * width + px[idx])
+    ints = torch.repeat_interleave(
+        torch.stack([torch.arange(nv, device=device), x0, y0, bw.clamp_min(1), start], 1), counts, dim=0, output_size=total
+    )
+    gid, px0, py0, bw_g, start_g = ints.unbind(1)
+    local = torch.arange(total, device=device) - start_g
+    rows = torch.div(local, bw_g, rounding_mode="floor")
+    py = py0 + rows
+    px = px0 + (local - rows * bw_g)
+    floats = torch.repeat_interleave(torch.cat([means2d, conics, opacities[:, None]], 1), counts, dim=0, output_size=total)
+    dx = floats[:, 0] - (px.to(floats.dtype) + 0.5)
+    dy = floats[:, 1] - (py.to(floats.dtype) + 0.5)
+    sigma = 0.5 * (floats[:, 2] * dx * dx + floats[:, 4] * dy * dy) + floats[:, 3] * dx * dy
+    alpha = torch.clamp(floats[:, 5] * torch.exp(-sigma), max=MAX_ALPHA)
+    idx = ((sigma >= 0) & (alpha >= ALPHA_THRESHOLD)).nonzero().squeeze(1)
+    gid = gid.index_select(0, idx)
+    pix_t = ((py - row_lo) * width + px).index_select(0, idx)
+    vals = torch.stack([dx, dy, alpha], 1).index_select(0, idx)
     # Gaussian-major (= depth-major) order now; one stable sort by pixel keeps depth order per pixel.
     key = pix_t.to(torch.int32) if width * height < 2**31 else pix_t
     _, order = torch.sort(key, stable=True)
+    p = order.numel()
+    sorted_pos = torch.empty_like(order).index_copy_(0, order, torch.arange(p, device=device))
     pix = pix_t.index_select(0, order)
+    vals = vals.index_select(0, order)
     crow = torch.zeros(width * height + 1, dtype=torch.int64, device=device)
     crow[1:] = torch.cumsum(torch.bincount(pix, minlength=width * height), 0)
     crow_t = torch.zeros(nv + 1, dtype=torch.int64, device=device)
@@ -134,25 +147,29 @@ def build_pairs(
     pairs = PixelPairs(
         pix=pix,
         gid=gid.index_select(0, order),
-        dx=dx.index_select(0, order),
-        dy=dy.index_select(0, order),
+        dx=vals[:, 0].contiguous(),
+        dy=vals[:, 1].contiguous(),
         crow=crow,
-        order=order,
+        sorted_pos=sorted_pos,
         crow_t=crow_t,
         pix_t=pix_t,
     )
-    return pairs, alpha.index_select(0, order)
+    return pairs, vals[:, 2].contiguous()
 
 
-def _segment_exclusive_cumsum(values: Tensor, crow: Tensor, pix: Tensor) -> Tensor:
-    """Per-pixel exclusive prefix sums of ``values`` ([P], sorted by pixel, CSR ``crow``)."""
-    cs = torch.cumsum(values, 0) - values  # global exclusive
-    seg_base = cs.index_select(0, crow[:-1].clamp_max(max(values.shape[0] - 1, 0)))  # [HW]
-    return cs - seg_base.index_select(0, pix)
+def _segment_scan(values: Tensor, crow: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-pixel prefix sums of ``values`` ([P], sorted by pixel, CSR row pointers ``crow``).
 
-
-def _segment_sum(values: Tensor, pix: Tensor, n: int) -> Tensor:
-    return torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, pix, values)
+    Returns:
+        exclusive: [P] sum of the earlier values in the same pixel.
+        totals: [H*W] sum per pixel.
+    """
+    cs = torch.zeros(values.shape[0] + 1, dtype=values.dtype, device=values.device)
+    torch.cumsum(values, 0, out=cs[1:])
+    at_rows = cs.index_select(0, crow)  # [HW + 1] running sum at each pixel start
+    counts = crow[1:] - crow[:-1]
+    exclusive = cs[:-1] - torch.repeat_interleave(at_rows[:-1], counts, output_size=values.shape[0])
+    return exclusive, at_rows[1:] - at_rows[:-1]
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, size: Tuple[int, int]) -> Tensor:
@@ -172,11 +189,11 @@ class _Composite(torch.autograd.Function):
         # them as inputs so the backward can return their gradients.
         nv, d = colors.shape
         log1m = torch.log1p(-alpha.double())
-        log_t_excl = _segment_exclusive_cumsum(log1m, pairs.crow, pairs.pix)
+        log_t_excl, _ = _segment_scan(log1m, pairs.crow)
         used = (log_t_excl + log1m) > LOG_TRANSMITTANCE_MIN  # gsplat's early stop, a per-pixel prefix
         t_excl = torch.exp(log_t_excl).to(alpha.dtype)
         weights = torch.where(used, alpha * t_excl, torch.zeros_like(alpha))
-        log_t_final = _segment_sum(torch.where(used, log1m, torch.zeros_like(log1m)), pairs.pix, hw)
+        _, log_t_final = _segment_scan(torch.where(used, log1m, torch.zeros_like(log1m)), pairs.crow)
         t_final = torch.exp(log_t_final).to(colors.dtype)
         w_mat = _csr(pairs.crow, pairs.gid, weights.to(colors.dtype), (hw, nv))
         out = w_mat @ colors.contiguous()  # [HW, D]
@@ -201,8 +218,7 @@ class _Composite(torch.autograd.Function):
         v_out = v_out.contiguous()
 
         # d out / d colors: W^T @ v_out, with W^T laid out Gaussian-major.
-        w_enum = torch.empty_like(weights).index_copy_(0, pairs.order, weights)
-        w_t = _csr(pairs.crow_t, pairs.pix_t, w_enum.to(dtype), (nv, hw))
+        w_t = _csr(pairs.crow_t, pairs.pix_t, weights.index_select(0, pairs.sorted_pos).to(dtype), (nv, hw))
         v_colors = w_t @ v_out if ctx.needs_input_grad[3] else None
 
         # c_i . v_out[pixel_i] for every pair, as a sampled dense product on W's pattern.
@@ -211,21 +227,20 @@ class _Composite(torch.autograd.Function):
         # Contributions after pair i in its pixel: S_i = sum_{j>i} w_j (c_j . v), plus the background
         # path through the final transmittance.
         wd = (weights * dots).double()
-        after = _segment_sum(wd, pairs.pix, hw).index_select(0, pairs.pix) - (
-            _segment_exclusive_cumsum(wd, pairs.crow, pairs.pix) + wd
-        )
-        tail = after + (v_t_final * t_final).double().index_select(0, pairs.pix)
+        excl, totals = _segment_scan(wd, pairs.crow)
+        counts = pairs.crow[1:] - pairs.crow[:-1]
+        per_pixel = totals + (v_t_final * t_final).double()  # everything behind pair i, plus background
+        tail = torch.repeat_interleave(per_pixel, counts, output_size=p) - (excl + wd)
         one_minus = (1.0 - alpha).double()
         v_alpha = (t_excl * dots).double() - tail / one_minus
         v_alpha = torch.where(used, v_alpha, torch.zeros_like(v_alpha)).to(dtype)
 
         # alpha = min(0.999, op * exp(-sigma)); gsplat passes no gradient through the clamp.
-        op = opacities.index_select(0, pairs.gid)
+        a, b, c, op = torch.cat([conics, opacities[:, None]], 1).index_select(0, pairs.gid).unbind(1)
         vis = alpha / op.clamp_min(1e-30)
         v_alpha = torch.where(alpha < MAX_ALPHA, v_alpha, torch.zeros_like(v_alpha))
         v_op_pair = vis * v_alpha
         v_sigma = -alpha * v_alpha
-        a, b, c = (conics[:, i].index_select(0, pairs.gid) for i in range(3))
         dx, dy = pairs.dx, pairs.dy
         per_pair = torch.stack(
             [
@@ -238,11 +253,15 @@ class _Composite(torch.autograd.Function):
             ],
             dim=1,
         )
-        acc = torch.zeros(nv, 6, dtype=dtype, device=colors.device).index_add_(0, pairs.gid, per_pair)
+        # Sum pairs into their Gaussians with a CSR product over the Gaussian-major layout.
+        gather = _csr(pairs.crow_t, pairs.sorted_pos, torch.ones(p, dtype=dtype, device=colors.device), (nv, p))
         if ctx.absgrad_sink is not None:
+            acc_all = gather @ torch.cat([per_pair, per_pair[:, :2].abs()], 1)
+            acc, abs_acc = acc_all[:, :6], acc_all[:, 6:]
             sink, index = ctx.absgrad_sink
-            abs_acc = torch.zeros(nv, 2, dtype=dtype, device=colors.device).index_add_(0, pairs.gid, per_pair[:, :2].abs())
             sink.index_add_(0, index, abs_acc)
+        else:
+            acc = gather @ per_pair
         return acc[:, 0:2], acc[:, 2:5], acc[:, 5], v_colors, None, None, None, None
 
 
@@ -288,12 +307,27 @@ def composite_camera(
     cn = conics.index_select(0, order)
     op = opacities.index_select(0, order)
     col = colors.index_select(0, order)
-    pairs, alpha = build_pairs(m2.detach(), cn.detach(), op.detach(), radii.index_select(0, order), width, height, tile_size)
-    if alpha.numel() == 0:
-        return _empty(means2d, conics, opacities, colors, width, height)
+    boxes = _pixel_boxes(m2.detach(), radii.index_select(0, order), cn.detach(), op.detach(), width, height, tile_size)
+    # Work in bands of rows of about PAIRS_PER_BAND candidate pairs: the per-pair arrays then stay
+    # small enough for the caches, and memory stays bounded on large images.
+    candidates = int(((boxes[1] - boxes[0]) * (boxes[3] - boxes[2])).sum())
+    band_rows = max(1, -(-height // max(1, -(-candidates // PAIRS_PER_BAND))))
     sink = None if absgrad_sink is None else (absgrad_sink, order)
-    out, t_final = _Composite.apply(m2, cn, op, col, pairs, alpha, hw, sink)
-    return out.reshape(height, width, d), t_final.reshape(height, width, 1), int(alpha.shape[0])
+    outs, ts, n_pairs = [], [], 0
+    for lo in range(0, height, band_rows):
+        hi = min(height, lo + band_rows)
+        pairs, alpha = build_pairs(m2.detach(), cn.detach(), op.detach(), boxes, width, lo, hi)
+        if alpha.numel() == 0:
+            outs.append(torch.zeros((hi - lo) * width, d, dtype=colors.dtype, device=colors.device))
+            ts.append(torch.ones((hi - lo) * width, dtype=colors.dtype, device=colors.device))
+            continue
+        out, t_final = _Composite.apply(m2, cn, op, col, pairs, alpha, (hi - lo) * width, sink)
+        outs.append(out)
+        ts.append(t_final)
+        n_pairs += int(alpha.shape[0])
+    if n_pairs == 0:
+        return _empty(means2d, conics, opacities, colors, width, height)
+    return torch.cat(outs).reshape(height, width, d), torch.cat(ts).reshape(height, width, 1), n_pairs
 
 
 def _empty(means2d, conics, opacities, colors, width, height) -> Tuple[Tensor, Tensor, int]:

@@ -51,7 +51,7 @@ def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
 
 def project_gaussians(
     means: Tensor,
-    covars: Tensor,
+    covars: Optional[Tensor],
     viewmats: Tensor,
     Ks: Tensor,
     width: int,
@@ -61,12 +61,17 @@ def project_gaussians(
     far_plane: float = 1e10,
     radius_clip: float = 0.0,
     calc_compensations: bool = False,
+    quats: Optional[Tensor] = None,
+    scales: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Optional[Tensor]]:
     """Pinhole EWA projection with gsplat's culling and 3-sigma radius rules.
 
+    Only Gaussians in front of at least one camera (near < z < far) are projected; the others get
+    radius 0 and zeros, as gsplat leaves them.
+
     Args:
         means: [N, 3] world-space centres.
-        covars: [N, 3, 3] world-space covariances.
+        covars: [N, 3, 3] world-space covariances, or None to build them from ``quats`` and ``scales``.
         viewmats: [C, 4, 4] world-to-camera (OpenCV: x right, y down, z forward).
         Ks: [C, 3, 3] intrinsics.
         width, height: image size in pixels.
@@ -74,6 +79,8 @@ def project_gaussians(
         near_plane, far_plane: depth range; Gaussians outside get radius 0.
         radius_clip: Gaussians with a radius at or below this (pixels) are culled.
         calc_compensations: also return the antialiasing opacity compensation.
+        quats: [N, 4] (w, x, y, z) rotations, when ``covars`` is None.
+        scales: [N, 3] positive scales, when ``covars`` is None.
 
     Returns:
         radii: [C, N] int32 pixel radius, 0 where culled.
@@ -82,14 +89,27 @@ def project_gaussians(
         conics: [C, N, 3] upper triangle (a, b, c) of the inverse blurred 2D covariance.
         compensations: [C, N] or None.
     """
-    rot = viewmats[:, None, :3, :3]  # [C, 1, 3, 3]
+    c, n = viewmats.shape[0], means.shape[0]
+    rot = viewmats[:, :3, :3]  # [C, 3, 3]
     trans = viewmats[:, None, :3, 3]  # [C, 1, 3]
-    means_c = (rot @ means[None, :, :, None])[..., 0] + trans  # [C, N, 3]
-    covars_c = rot @ covars[None] @ rot.transpose(-1, -2)  # [C, N, 3, 3]
+    means_c = means[None] @ rot.transpose(1, 2) + trans  # [C, N, 3], one large matmul
+    z_all = means_c[..., 2]
+    with torch.no_grad():
+        front = ((z_all >= near_plane) & (z_all <= far_plane)).any(0).nonzero().squeeze(1)
+    k = front.numel()
+    mc = means_c.index_select(1, front)  # [C, K, 3]
+    # Half of the world-to-pixel covariance map: cov2d = (J R_v M)(J R_v M)^T with M = R_q S.
+    if covars is None:
+        if quats is None or scales is None:
+            raise ValueError("project_gaussians needs covars or quats and scales")
+        m_world = quat_to_rotmat(quats.index_select(0, front)) * scales.index_select(0, front)[:, None, :]
+    else:
+        m_world = None
+        cov_world = covars.index_select(0, front)
 
     fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [C, 1]
     cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
-    x, y, z = torch.unbind(means_c, dim=-1)  # [C, N]
+    x, y, z = torch.unbind(mc, dim=-1)  # [C, K]
     # gsplat clamps the Jacobian's x/z, y/z to 1.3x the frustum so that off-screen Gaussians
     # do not blow up in size.
     tan_fovx = 0.5 * width / fx
@@ -104,24 +124,27 @@ def project_gaussians(
     zeros = torch.zeros_like(z)
     jac = torch.stack(
         [fx * rz, zeros, -fx * tx * rz * rz, zeros, fy * rz, -fy * ty * rz * rz], dim=-1
-    ).reshape(z.shape + (2, 3))
-    cov2d = jac @ covars_c @ jac.transpose(-1, -2)  # [C, N, 2, 2]
+    ).reshape(z.shape + (2, 3))  # [C, K, 2, 3]
+    t = jac @ rot[:, None]  # [C, K, 2, 3]
+    if m_world is not None:
+        tm = t @ m_world[None]  # [C, K, 2, 3]
+        cov2d = tm @ tm.transpose(-1, -2)
+    else:
+        cov2d = t @ cov_world[None] @ t.transpose(-1, -2)
     means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)
 
-    a, b, c = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
-    det_orig = a * c - b * b
+    a, b, cc = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
+    det_orig = a * cc - b * b
     a = a + eps2d
-    c = c + eps2d
-    det = a * c - b * b
-    compensations = None
-    if calc_compensations:
-        compensations = torch.sqrt(torch.clamp(det_orig / det, min=0.0))
+    cc = cc + eps2d
+    det = a * cc - b * b
+    comp = torch.sqrt(torch.clamp(det_orig / det, min=0.0)) if calc_compensations else None
     valid = (z >= near_plane) & (z <= far_plane) & (det > 0)
     safe_det = torch.where(valid, det, torch.ones_like(det))
-    conics = torch.stack([c / safe_det, -b / safe_det, a / safe_det], dim=-1)
+    conics = torch.stack([cc / safe_det, -b / safe_det, a / safe_det], dim=-1)
 
     with torch.no_grad():
-        half_tr = 0.5 * (a + c)
+        half_tr = 0.5 * (a + cc)
         v1 = half_tr + torch.sqrt(torch.clamp(half_tr * half_tr - det, min=0.01))
         radius = torch.ceil(3.0 * torch.sqrt(torch.clamp(v1, min=0.0)))
         mx, my = means2d[..., 0], means2d[..., 1]
@@ -133,8 +156,23 @@ def project_gaussians(
             & (my + radius > 0)
             & (my - radius < height)
         )
-        radii = torch.where(valid, radius, torch.zeros_like(radius)).to(torch.int32)
-    return radii, means2d, z, conics, compensations
+        radii = torch.zeros(c, n, dtype=torch.int32, device=means.device)
+        radii[:, front] = torch.where(valid, radius, torch.zeros_like(radius)).to(torch.int32)
+
+    def scatter(sub: Tensor) -> Tensor:
+        if k == n:
+            return sub
+        full = sub.new_zeros((c, n) + tuple(sub.shape[2:]))
+        return full.index_copy(1, front, sub)
+
+    depths = z_all  # depth is defined (and cheap) for every Gaussian
+    return (
+        radii,
+        scatter(means2d),
+        depths,
+        scatter(conics),
+        scatter(comp) if comp is not None else None,
+    )
 
 
 # Real SH basis constants (same values as gsplat / the 3DGS reference).

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .composite import composite_camera
 from .dense import composite_dense
-from .projection import project_gaussians, quat_scale_to_covar, spherical_harmonics
+from .projection import project_gaussians, spherical_harmonics
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
 RasterizeMode = Literal["classic", "antialiased"]
@@ -167,10 +167,9 @@ def _rasterize_torch(
     radius_clip, eps2d, sh_degree, tile_size, backgrounds, render_mode, absgrad, rasterize_mode, dense=False,
 ):
     c = viewmats.shape[0]
-    covars = quat_scale_to_covar(quats, scales)
     radii, means2d, depths, conics, comp = project_gaussians(
-        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
-        radius_clip=radius_clip, calc_compensations=rasterize_mode == "antialiased",
+        means, None, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
+        radius_clip=radius_clip, calc_compensations=rasterize_mode == "antialiased", quats=quats, scales=scales,
     )
     opac = opacities[None].expand(c, -1)
     if comp is not None:
