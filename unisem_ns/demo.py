@@ -1,8 +1,13 @@
 """``unisem-demo``: the main job on the embedded default scene.
 
-Generates the default scene once (cached), trains ``unisem-splat`` with ``ns-train``, evaluates it with
-``ns-eval`` (PSNR, SSIM, depth AbsRel; renders written as PNGs) and prints where everything is. An
-interrupted run resumes from its latest checkpoint when started again.
+1. generates the default scene once (cached) and simulates its 2D language cues (CLIP + SAM stand-in,
+   default corruption) with ``unisem-preprocess``;
+2. trains the feature-distillation baseline ``unisem-distill`` with ``ns-train``;
+3. evaluates it with ``ns-eval`` (PSNR, SSIM, depth AbsRel, mIoU/mAcc; renders as PNGs);
+4. runs ``unisem-query`` with a few free-text queries ("couch" is not a class name: MiniLM maps it to the
+   sofas) and the scene's label set, writing relevancy maps, masks and segmentations to look at.
+
+An interrupted run resumes from its latest checkpoint when started again.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ class DemoArgs:
     """Scene folder; default: the embedded synthetic scene (generated once into the cache)."""
     iterations: int = 2000
     """Training iterations."""
+    method: str = "unisem-distill"
+    """Method to train (unisem-splat skips the cues and the queries)."""
+    queries: str = "couch;lamp;potted plant;television"
+    """Free-text queries for unisem-query (';' separated)."""
     fresh: bool = False
     """Start over instead of resuming from the run's latest checkpoint."""
 
@@ -51,12 +60,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     from unisem_ns.data.default_scene import default_scene_dir
 
     data = args.data or default_scene_dir()
-    run_dir = args.output_dir / "unisem-splat" / "run"
+    semantic = args.method != "unisem-splat"
+    if semantic:
+        _run([_bin("unisem-preprocess"), "--data", str(data), "--mode", "simulate", "--corruption", "default"])
+    run_dir = args.output_dir / args.method / "run"
     ckpt_dir = run_dir / "nerfstudio_models"
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     train = [
-        _bin("ns-train"), "unisem-splat",
+        _bin("ns-train"), args.method,
         "--data", str(data),
         "--output-dir", str(args.output_dir.parent),
         "--experiment-name", args.output_dir.name,
@@ -80,12 +92,18 @@ def main(argv: Optional[List[str]] = None) -> None:
         "--render-output-path", str(renders),
     ])
     results = json.loads(metrics_path.read_text())["results"]
+    query_dir = args.output_dir / "query"
+    if semantic:
+        _run([_bin("unisem-query"), "--load-config", str(run_dir / "config.yml"), "--output", str(query_dir),
+              "--queries", args.queries])
     print("\nunisem-demo finished.")
     print(f"  scene:    {data}")
     print(f"  run:      {run_dir}  (view it: ns-viewer --load-config {run_dir / 'config.yml'})")
     print(f"  metrics:  {metrics_path}")
     print(f"  renders:  {renders}  (ground truth | prediction per held-out view)")
-    for key in ("psnr", "ssim", "lpips", "depth_abs_rel", "depth_delta_1.25", "num_rays_per_sec"):
+    if semantic:
+        print(f"  queries:  {query_dir}/<view>/  (relevancy_*, composited_*, mask_*, segmentation.png)")
+    for key in ("psnr", "ssim", "lpips", "depth_abs_rel", "depth_delta_1.25", "miou", "macc", "num_rays_per_sec"):
         if key in results:
             print(f"  {key:>18}: {results[key]:.4f}")
 

@@ -1,5 +1,50 @@
-"""Evaluation metrics shared by every method (values returned as Python floats for ns-eval)."""
+"""Evaluation metrics shared by every method (values returned as Python floats for ns-eval).
 
-from .depth import depth_metrics
+Imports only torch and numpy; torchmetrics (LPIPS) is imported lazily inside :func:`lpips`.
 
-__all__ = ["depth_metrics"]
+* :mod:`.segmentation`: :class:`ConfusionMatrix`, :func:`semantic_segmentation_metrics` (mIoU / mAcc, macro and
+  micro, ``ignore_index``).
+* :mod:`.masks`: :func:`mask_iou`, :func:`boundary_iou`, LangSplat / GSemSplat query evaluation
+  (:func:`postprocess_relevancy`, :func:`query_iou`, :func:`localization_hit`).
+* :mod:`.panoptic`: scene-level :func:`panoptic_quality` / :class:`PanopticAccumulator`.
+* :mod:`.depth`: :func:`depth_metrics` (AbsRel, RMSE, delta; optional median / trimmed-LSQ alignment),
+  :func:`align_depth`.
+* :mod:`.image`: :func:`psnr`, :func:`ssim`, :func:`lpips` (None without local AlexNet weights).
+"""
+
+from .depth import align_depth, depth_metrics
+from .image import image_metrics, lpips, lpips_available, psnr, ssim
+from .masks import (
+    boundary_iou,
+    box_mean,
+    localization_hit,
+    mask_boundary,
+    mask_iou,
+    mode_filter,
+    postprocess_relevancy,
+    query_iou,
+)
+from .panoptic import PanopticAccumulator, panoptic_quality
+from .segmentation import ConfusionMatrix, semantic_segmentation_metrics
+
+__all__ = [
+    "depth_metrics",
+    "align_depth",
+    "psnr",
+    "ssim",
+    "lpips",
+    "lpips_available",
+    "image_metrics",
+    "mask_iou",
+    "mask_boundary",
+    "boundary_iou",
+    "box_mean",
+    "mode_filter",
+    "postprocess_relevancy",
+    "query_iou",
+    "localization_hit",
+    "PanopticAccumulator",
+    "panoptic_quality",
+    "ConfusionMatrix",
+    "semantic_segmentation_metrics",
+]

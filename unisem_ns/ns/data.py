@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from pathlib import Path
 from typing import Dict, Type
 
+import numpy as np
 import torch
+from PIL import Image
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.utils.data_utils import get_depth_image_from_path
@@ -15,23 +18,61 @@ from unisem_ns.ns.dataparser import UnisemDataParserConfig
 
 
 class UnisemDataset(InputDataset):
-    """An InputDataset whose batches carry ``depth_image`` ([H, W, 1], dataparser-scaled metres) when
-    the scene has depth maps. Unlike Nerfstudio's DepthDataset it never runs a depth network."""
+    """An InputDataset whose batches carry what the scene folder offers:
+
+    - ``depth_image`` [H, W, 1] (dataparser-scaled metres) when the scene has depth maps (no depth network);
+    - ``lang_seg`` [L, H, W] int and ``lang_feats`` [K, D] float16 when it has 2D language cues
+      (``language_features/``, LangSplat layout) and the method asks for them;
+    - ``gt_semantic`` / ``gt_instance`` [H, W] long from ``gt/`` on evaluation splits only: ground truth is
+      never read for training.
+    """
+
+    load_language_cues: bool = False
 
     def __init__(self, dataparser_outputs, scale_factor: float = 1.0):
         super().__init__(dataparser_outputs, scale_factor)
         self.depth_filenames = self.metadata.get("depth_filenames")
         self.depth_unit_scale_factor = self.metadata.get("depth_unit_scale_factor", 1e-3)
+        self.scene_dir = self.metadata.get("scene_dir")
+        self.is_eval = self.metadata.get("split", "train") != "train"
 
     def get_metadata(self, data: Dict) -> Dict:
-        if self.depth_filenames is None:
-            return {}
         idx = data["image_idx"]
-        height = int(self._dataparser_outputs.cameras.height[idx])
-        width = int(self._dataparser_outputs.cameras.width[idx])
-        scale = self.depth_unit_scale_factor * self._dataparser_outputs.dataparser_scale
-        depth = get_depth_image_from_path(self.depth_filenames[idx], height, width, scale)
-        return {"depth_image": depth}
+        out: Dict = {}
+        if self.depth_filenames is not None:
+            height = int(self._dataparser_outputs.cameras.height[idx])
+            width = int(self._dataparser_outputs.cameras.width[idx])
+            scale = self.depth_unit_scale_factor * self._dataparser_outputs.dataparser_scale
+            out["depth_image"] = get_depth_image_from_path(self.depth_filenames[idx], height, width, scale)
+        if self.scene_dir is None:
+            return out
+        stem = Path(self._dataparser_outputs.image_filenames[idx]).stem
+        if self.load_language_cues:
+            from unisem_ns.cues.layout import load_language_cue
+
+            seg, feats = load_language_cue(Path(self.scene_dir), stem)
+            out["lang_seg"] = torch.from_numpy(seg.astype("int64"))
+            out["lang_feats"] = torch.from_numpy(feats.astype("float16"))
+        if self.is_eval:
+            out.update(load_gt_maps(Path(self.scene_dir), stem))
+        return out
+
+
+class UnisemCueDataset(UnisemDataset):
+    """:class:`UnisemDataset` that also loads the 2D language cues (for the semantic methods)."""
+
+    load_language_cues = True
+
+
+def load_gt_maps(scene: Path, stem: str) -> Dict[str, torch.Tensor]:
+    """``gt_semantic`` / ``gt_instance`` [H, W] long from ``scene/gt`` where present."""
+    out = {}
+    for key, folder in (("gt_semantic", "semantic"), ("gt_instance", "instance")):
+        path = scene / "gt" / folder / f"{stem}.png"
+        if path.exists():
+            with Image.open(path) as im:
+                out[key] = torch.from_numpy(np.asarray(im).astype(np.int64))
+    return out
 
 
 @dataclass
@@ -41,3 +82,10 @@ class UnisemDatamanagerConfig(FullImageDatamanagerConfig):
     _target: Type = field(default_factory=lambda: FullImageDatamanager[UnisemDataset])
     dataparser: UnisemDataParserConfig = field(default_factory=UnisemDataParserConfig)
     cache_images_type: str = "uint8"  # type: ignore[assignment]
+
+
+@dataclass
+class UnisemCueDatamanagerConfig(UnisemDatamanagerConfig):
+    """Datamanager for the semantic methods: batches also carry the 2D language cues."""
+
+    _target: Type = field(default_factory=lambda: FullImageDatamanager[UnisemCueDataset])

@@ -35,6 +35,8 @@ class UnisemDataParserConfig(NerfstudioDataParserConfig):
     """Initialise Gaussians from the scene's seed point cloud (ply_file_path) when it has one."""
     eval_mode: str = "filename"  # type: ignore[assignment]
     """Train/eval split: 'filename' uses transforms.json's train/test lists when present (else every 8th view)."""
+    require_language_cues: bool = False
+    """Fail up front when the scene has no 2D language cues (set by the semantic methods)."""
 
 
 class UnisemDataParser(Nerfstudio):
@@ -54,9 +56,27 @@ class UnisemDataParser(Nerfstudio):
         if eval_mode == "filename" and not _has_split_lists(self.config.data):
             self.config.eval_mode = "interval"
         try:
-            return super()._generate_dataparser_outputs(split, **kwargs)
+            outputs = super()._generate_dataparser_outputs(split, **kwargs)
         finally:
             self.config.eval_mode = eval_mode
+        # Datasets need the scene root (cues, gt/) and whether ground truth may be read (never in training).
+        scene = Path(self.config.data)
+        outputs.metadata["scene_dir"] = scene
+        outputs.metadata["split"] = split
+        encoder_json = scene / "language_features" / "encoder.json"
+        if encoder_json.exists():
+            outputs.metadata["cue_encoder"] = json.loads(encoder_json.read_text())
+        elif self.config.require_language_cues:
+            raise exit_on_input_error(
+                InputError(
+                    f"{scene / 'language_features'}: no 2D language cues; make them with "
+                    f"`unisem-preprocess --data {scene} --mode simulate` (scenes with gt/) or `--mode sam-clip`"
+                )
+            )
+        classes = scene / "gt" / "classes.json"
+        if classes.exists():  # the label set for evaluation only; no labels are read for training
+            outputs.metadata["class_names"] = json.loads(classes.read_text())
+        return outputs
 
 
 def _has_split_lists(scene: Path) -> bool:

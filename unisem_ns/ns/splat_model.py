@@ -20,23 +20,15 @@ from nerfstudio.models.splatfacto import (
     RGB2SH,
 )
 from nerfstudio.utils.colors import get_color
-from nerfstudio.utils.rich_utils import CONSOLE
 from pytorch_msssim import SSIM
 from torch.nn import Parameter
 
 from unisem_ns.data.scene_io import InputError
-from unisem_ns.metrics.depth import depth_metrics
+from unisem_ns.metrics import depth_metrics
+from unisem_ns.metrics.image import image_metrics
 from unisem_ns.ns.dataparser import exit_on_input_error
 from unisem_ns.render import rasterization
 from unisem_ns.render.projection import spherical_harmonics
-
-# torchvision's AlexNet weights, which torchmetrics' LPIPS needs; never downloaded by us.
-_ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
-
-
-def lpips_weights_available() -> bool:
-    return (Path(torch.hub.get_dir()) / "checkpoints" / _ALEXNET_FILE).exists()
-
 
 @dataclass
 class UnisemSplatModelConfig(SplatfactoModelConfig):
@@ -100,7 +92,6 @@ class UnisemSplatModel(SplatfactoModel):
 
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.ssim = SSIM(data_range=1.0, size_average=True, channel=3)
-        self.lpips = self._make_lpips()
         self.step = 0
         self.crop_box = None
         if cfg.background_color == "random":
@@ -131,19 +122,6 @@ class UnisemSplatModel(SplatfactoModel):
             verbose=False,
         )
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
-
-    def _make_lpips(self):
-        if self.config.lpips == "off":
-            return None
-        if not lpips_weights_available():
-            CONSOLE.log(
-                f"[yellow]LPIPS skipped: torchvision's AlexNet weights ({_ALEXNET_FILE}) are not in "
-                f"{Path(torch.hub.get_dir()) / 'checkpoints'}; copy them there to report LPIPS."
-            )
-            return None
-        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
-        return LearnedPerceptualImagePatchSimilarity(normalize=True)
 
     # ----------------------------------------------------------------------------------- parameters
 
@@ -288,11 +266,7 @@ class UnisemSplatModel(SplatfactoModel):
         gt_rgb = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
         pred = outputs["rgb"]
         images = {"img": torch.cat([gt_rgb, pred], dim=1)}
-        gt_b = torch.moveaxis(gt_rgb, -1, 0)[None]
-        pred_b = torch.moveaxis(pred, -1, 0)[None]
-        metrics = {"psnr": float(self.psnr(gt_b, pred_b).item()), "ssim": float(self.ssim(gt_b, pred_b))}
-        if self.lpips is not None:
-            metrics["lpips"] = float(self.lpips(gt_b, pred_b))
+        metrics = image_metrics(pred, gt_rgb, with_lpips=self.config.lpips == "auto")
         if "depth_image" in batch and outputs.get("depth") is not None:
             gt_depth = batch["depth_image"].to(self.device)
             metrics.update({f"depth_{k}": v for k, v in depth_metrics(outputs["depth"], gt_depth).items()})

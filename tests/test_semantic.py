@@ -1,0 +1,107 @@
+"""The semantic baseline end to end on CPU: simulated cues -> ns-train unisem-distill -> ns-eval -> unisem-query."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import copy_scene, ns_bin, run_cli
+
+pytest.importorskip("nerfstudio")
+
+
+@pytest.fixture(scope="session")
+def cue_scene(tmp_path_factory) -> Path:
+    """Seed-0 room (two sofas) at 64x48 with simulated cues at the default corruption."""
+    from unisem_ns.cues.simulator import CueCorruption, simulate_cues
+    from unisem_ns.data.synthetic_scene import generate_scene
+    from unisem_ns.language.encoders import make_text_encoder
+
+    scene = tmp_path_factory.mktemp("semantic") / "scene"
+    generate_scene(scene, seed=0, views=32, width=64, height=48, progress=False)
+    simulate_cues(scene, make_text_encoder("minilm"), CueCorruption.preset("default"), seed=0, progress=False)
+    return scene
+
+
+@pytest.fixture(scope="session")
+def distill_run(cue_scene, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("distill")
+    proc = run_cli(
+        [ns_bin("ns-train"), "unisem-distill", "--data", str(cue_scene), "--output-dir", str(out),
+         "--experiment-name", "s", "--timestamp", "run", "--max-num-iterations", "600", "--vis", "tensorboard",
+         "--steps-per-eval-all-images", "0", "--steps-per-eval-image", "0"]
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out / "s" / "unisem-distill" / "run"
+
+
+def test_ns_eval_reports_segmentation_metrics(distill_run):
+    out = distill_run / "metrics.json"
+    proc = run_cli([ns_bin("ns-eval"), "--load-config", str(distill_run / "config.yml"), "--output-path", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert 0.0 <= results["miou"] <= 1.0 and 0.0 <= results["macc"] <= 1.0
+    assert results["miou"] > 0.25, results  # 17 classes: chance is far below this
+    assert results["psnr"] > 20.0
+
+
+def test_query_couch_highlights_the_sofas(distill_run, cue_scene, tmp_path):
+    out = tmp_path / "query"
+    proc = run_cli([ns_bin("unisem-query"), "--load-config", str(distill_run / "config.yml"), "--output", str(out),
+                    "--queries", "couch;lamp"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    couch = metrics["queries"]["couch"]
+    # "couch" is no class name: MiniLM brings it to the sofas, and the mask overlaps them best of all classes.
+    assert couch["best_class"] == "sofa", couch
+    assert couch["best_iou"] > 0.3, couch
+    assert "segmentation" in metrics and metrics["segmentation"]["miou"] > 0.2
+    views = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(views) == metrics["views"] > 0
+    for name in ("rgb.png", "relevancy_couch.png", "composited_couch.png", "mask_couch.png", "segmentation.png"):
+        img = np.asarray(Image.open(views[0] / name))
+        assert img.shape[:2] == (48, 64), name
+    ids = np.asarray(Image.open(views[0] / "segmentation_ids.png"))
+    assert ids.min() >= 1 and ids.max() < 18
+
+
+def test_viewer_text_box_drives_the_query_outputs(distill_run):
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(distill_run / "config.yml", test_mode="test")
+    model = pipeline.model
+    camera, _ = next(iter(pipeline.datamanager.fixed_indices_eval_dataloader))
+    box = model.query_controls.queries_box
+    box.value = "couch; lamp"  # what typing in ns-viewer's text box does
+    box.cb_hook(box)
+    outputs = model.get_outputs_for_camera(camera)
+    for key in ("relevancy_0", "relevancy_1", "composited_0", "composited_1", "segmentation"):
+        assert key in outputs, key
+    assert outputs["relevancy_0"].shape == (48, 64, 1)
+    assert 0.0 <= float(outputs["relevancy_0"].min()) and float(outputs["relevancy_0"].max()) <= 1.0
+    labels = model.query_controls.labels_box
+    labels.value = "sofa; floor"
+    labels.cb_hook(labels)
+    outputs = model.get_outputs_for_camera(camera)
+    assert int(outputs["segmentation_ids"].max()) <= 1
+
+
+def test_distill_without_cues_fails_in_one_line(tiny_scene, tmp_path):
+    scene = copy_scene(tiny_scene, tmp_path / "nocues")
+    proc = run_cli([ns_bin("ns-train"), "unisem-distill", "--data", str(scene), "--vis", "tensorboard",
+                    "--output-dir", str(tmp_path / "out"), "--max-num-iterations", "1"])
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("unisem_ns: error: ") and str(scene / "language_features") in last
+    assert "unisem-preprocess --data" in last
+
+
+def test_query_refuses_a_run_without_language_features(runs, tmp_path):
+    proc = run_cli([ns_bin("unisem-query"), "--load-config", str(runs["first"] / "config.yml"), "--output", str(tmp_path)])
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "renders no language features" in last and "unisem-distill" in last

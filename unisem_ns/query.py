@@ -1,0 +1,168 @@
+"""``unisem-query``: text queries and closed-set segmentation from a trained semantic run, on every eval view.
+
+Writes, per view, ``<stem>/rgb.png``, ``relevancy_<query>.png`` (turbo), ``composited_<query>.png``,
+``mask_<query>.png``, ``segmentation.png`` (colour) and ``segmentation_ids.png`` (uint16 label index + 1), and
+``metrics.json`` when the scene has ``gt/``: pooled mIoU/mAcc for the label set and, for each query, its IoU with
+every GT class pooled over the views where that class is visible (so ``couch`` can be checked against the sofas),
+and with ``gt/queries.json`` masks when present.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Literal, Optional
+
+import numpy as np
+import torch
+import tyro
+from PIL import Image
+
+from unisem_ns.cues.layout import atomic_save_png, atomic_write_json
+from unisem_ns.data.scene_io import InputError
+from unisem_ns.language.query_field import binary_mask
+from unisem_ns.metrics.segmentation import ConfusionMatrix
+
+
+@dataclass
+class QueryArgs:
+    """Render relevancy maps, masks and segmentations of a trained semantic run's eval views."""
+
+    load_config: Path
+    """config.yml of a run of a semantic method (unisem-distill, econsg, ...)."""
+    output: Path = Path("outputs/query")
+    """Folder for the PNGs and metrics.json."""
+    queries: str = ""
+    """Free-text queries separated by ';', e.g. "couch;lamp"."""
+    labels: Optional[Path] = None
+    """JSON list of class names for closed-set segmentation; default: the scene's gt/classes.json without void."""
+    mask_style: Literal["langsplat", "gsemsplat"] = "langsplat"
+    """Relevancy-to-mask post-processing: LangSplat (threshold 0.4) or GSemSplat (0.5)."""
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text.strip()) or "query"
+
+
+def _to_u8(img: torch.Tensor) -> np.ndarray:
+    return (img.clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+def run_query(args: QueryArgs) -> Dict:
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(args.load_config, test_mode="test")
+    model = pipeline.model
+    if not hasattr(model, "language_features"):
+        raise InputError(
+            f"{args.load_config}: method '{type(model).__name__}' renders no language features; "
+            "query a run of a semantic method (e.g. ns-train unisem-distill)"
+        )
+    field = model.query_field
+    queries = [q.strip() for q in args.queries.split(";") if q.strip()]
+    if args.labels is not None:
+        try:
+            labels: List[str] = json.loads(args.labels.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"{args.labels}: cannot read the label list ({e}); pass a JSON list of class names") from None
+    else:
+        labels = list(model.eval_labels)
+    field.set_queries(queries)
+    field.set_labels(labels)
+
+    dataset = pipeline.datamanager.eval_dataset
+    class_names: List[str] = list(getattr(model, "class_names", []))
+    seg_cm = ConfusionMatrix(len(class_names), ignore_index=0) if class_names and labels == model.eval_labels else None
+    # Per query: intersection and union with every GT class, pooled over views.
+    inter = {q: np.zeros(len(class_names)) for q in queries}
+    union = {q: np.zeros(len(class_names)) for q in queries}
+    gt_queries = _load_gt_queries(Path(dataset.scene_dir)) if getattr(dataset, "scene_dir", None) else {}
+    query_gt_iou: Dict[str, List[float]] = {q: [] for q in queries}
+    args.output.mkdir(parents=True, exist_ok=True)
+    n_views = 0
+    for camera, batch in pipeline.datamanager.fixed_indices_eval_dataloader:
+        stem = Path(dataset.image_filenames[batch["image_idx"]]).stem
+        view_dir = args.output / stem
+        view_dir.mkdir(exist_ok=True)
+        outputs = model.get_outputs_for_camera(camera)
+        atomic_save_png(view_dir / "rgb.png", _to_u8(outputs["rgb"]))
+        gt_sem = batch.get("gt_semantic")
+        for i, q in enumerate(queries):
+            rel = outputs[f"relevancy_{i}"][..., 0]
+            mask = binary_mask(rel, style=args.mask_style)
+            name = _safe(q)
+            atomic_save_png(view_dir / f"relevancy_{name}.png", _to_u8(field.colormap(rel)))
+            atomic_save_png(view_dir / f"composited_{name}.png", _to_u8(outputs[f"composited_{i}"]))
+            atomic_save_png(view_dir / f"mask_{name}.png", mask.cpu().numpy().astype(np.uint8) * 255)
+            if gt_sem is not None:
+                # Like LangSplat's protocol, a class is scored only on the views where it is visible.
+                m = mask.cpu().numpy()
+                g = gt_sem.cpu().numpy()
+                for c in np.unique(g):
+                    gc = g == c
+                    inter[q][c] += np.logical_and(m, gc).sum()
+                    union[q][c] += np.logical_or(m, gc).sum()
+            if stem in gt_queries and q in gt_queries[stem]:
+                gq = gt_queries[stem][q]
+                m = mask.cpu().numpy()
+                query_gt_iou[q].append(float(np.logical_and(m, gq).sum() / max(np.logical_or(m, gq).sum(), 1)))
+        if labels:
+            ids = outputs["segmentation_ids"]
+            atomic_save_png(view_dir / "segmentation.png", _to_u8(outputs["segmentation"]))
+            atomic_save_png(view_dir / "segmentation_ids.png", (ids.cpu().numpy() + 1).astype(np.uint16))
+            if seg_cm is not None and gt_sem is not None:
+                seg_cm.update(ids + 1, gt_sem.to(ids.device))
+        n_views += 1
+
+    metrics: Dict = {"config": str(args.load_config), "views": n_views, "queries": {}, "labels": labels}
+    if seg_cm is not None and n_views:
+        seg = seg_cm.compute()
+        metrics["segmentation"] = {"miou": seg["miou"], "macc": seg["macc"], "miou_micro": seg["miou_micro"]}
+    for q in queries:
+        entry: Dict = {}
+        if class_names:
+            ious = inter[q] / np.maximum(union[q], 1)
+            best = int(np.argmax(ious[1:]) + 1) if len(ious) > 1 else 0
+            entry["iou_per_class"] = {class_names[c]: float(ious[c]) for c in range(1, len(class_names))}
+            entry["best_class"] = class_names[best]
+            entry["best_iou"] = float(ious[best])
+        if query_gt_iou[q]:
+            entry["iou_vs_gt_queries"] = float(np.mean(query_gt_iou[q]))
+        metrics["queries"][q] = entry
+    atomic_write_json(args.output / "metrics.json", metrics)
+    return metrics
+
+
+def _load_gt_queries(scene: Path) -> Dict[str, Dict[str, np.ndarray]]:
+    path = scene / "gt" / "queries.json"
+    if not path.exists():
+        return {}
+    out: Dict[str, Dict[str, np.ndarray]] = {}
+    for stem, entries in json.loads(path.read_text()).items():
+        out[stem] = {}
+        for text, mask_path in entries.items():
+            with Image.open(scene / mask_path) as im:
+                out[stem][text] = np.asarray(im) > 0
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = tyro.cli(QueryArgs, args=argv)
+    try:
+        metrics = run_query(args)
+    except InputError as e:
+        raise SystemExit(f"unisem_ns: error: {e}") from None
+    print(f"unisem-query: wrote {metrics['views']} views to {args.output}")
+    if "segmentation" in metrics:
+        s = metrics["segmentation"]
+        print(f"  closed-set segmentation: mIoU {s['miou']:.3f}  mAcc {s['macc']:.3f}")
+    for q, entry in metrics["queries"].items():
+        if "best_class" in entry:
+            print(f"  '{q}': best matches GT class '{entry['best_class']}' (IoU {entry['best_iou']:.3f})")
+    print(f"  metrics: {args.output / 'metrics.json'}")
+
+
+if __name__ == "__main__":
+    main()
