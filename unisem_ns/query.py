@@ -1,7 +1,8 @@
 """``unisem-query``: text queries and closed-set segmentation from a trained semantic run, on every eval view.
 
 Writes, per view, ``<stem>/rgb.png``, ``relevancy_<query>.png`` (turbo), ``composited_<query>.png``,
-``mask_<query>.png``, ``segmentation.png`` (colour) and ``segmentation_ids.png`` (uint16 label index + 1), and
+``mask_<query>.png``, ``segmentation.png`` (colour) and ``segmentation_ids.png`` (uint16 label index + 1),
+``instances.png`` / ``instances_color.png`` for methods that predict instances (``predict_instances``), and
 ``metrics.json`` when the scene has ``gt/``: pooled mIoU/mAcc for the label set and, for each query, its IoU with
 every GT class pooled over the views where that class is visible (so ``couch`` can be checked against the sofas),
 and with ``gt/queries.json`` masks when present.
@@ -108,6 +109,10 @@ def run_query(args: QueryArgs) -> Dict:
                 gq = gt_queries[stem][q]
                 m = mask.cpu().numpy()
                 query_gt_iou[q].append(float(np.logical_and(m, gq).sum() / max(np.logical_or(m, gq).sum(), 1)))
+        if hasattr(model, "predict_instances"):  # instance methods (e.g. Unified-Lift) expose per-pixel ids
+            inst = model.predict_instances(outputs)
+            atomic_save_png(view_dir / "instances.png", inst.cpu().numpy().astype(np.uint16))
+            atomic_save_png(view_dir / "instances_color.png", _to_u8(field.palette(int(inst.max()) + 1)[inst.cpu()]))
         if labels:
             ids = outputs["segmentation_ids"]
             atomic_save_png(view_dir / "segmentation.png", _to_u8(outputs["segmentation"]))
