@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from unisem_ns.cues.simulator import CueCorruption, raw_cue_predictions, simulate_cues
 from unisem_ns.data.default_scene import default_scene_dir
+from unisem_ns.data.scene_io import load_gt_maps
 from unisem_ns.language.encoders import make_text_encoder
 from unisem_ns.metrics.segmentation import ConfusionMatrix
 from unisem_ns.utils.system import machine_description
@@ -43,8 +43,7 @@ def raw_cue_scores(scene: Path, encoder, class_names: list) -> dict:
     preds = raw_cue_predictions(scene, stems, encoder, class_names)
     cm = ConfusionMatrix(len(class_names), ignore_index=0)
     for stem in stems:
-        gt = np.asarray(Image.open(scene / "gt" / "semantic" / f"{stem}.png")).astype(np.int64)
-        cm.update(preds[stem].astype(np.int64), gt)
+        cm.update(preds[stem].astype(np.int64), load_gt_maps(scene, stem)["semantic"])
     out = cm.compute()
     return {"miou": out["miou"], "macc": out["macc"], "views": len(stems)}
 

@@ -112,3 +112,24 @@ def test_checkpoint_from_another_method(tiny_scene, tmp_path):
     proc = run_cli([ns_bin("ns-eval"), "--load-config", str(run / "config.yml"), "--output-path", str(tmp_path / "m.json")])
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode != 0 and "written by another method or configuration" in last and "features_sem" in last
+
+
+def test_gt_maps_and_queries_load(tiny_scene, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from unisem_ns.data.scene_io import load_gt_maps, load_gt_queries
+
+    scene = copy_scene(tiny_scene, tmp_path / "s")
+    maps = load_gt_maps(scene, "frame_00000")
+    assert maps["semantic"].shape == maps["instance"].shape == (48, 64) and maps["semantic"].max() > 0
+    assert load_gt_queries(scene) == {}
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:20, 5:15] = 255
+    Image.fromarray(mask).save(scene / "gt" / "q0.png")
+    (scene / "gt" / "queries.json").write_text(json.dumps({"frame_00000": {"red sofa": "gt/q0.png"}}))
+    q = load_gt_queries(scene)
+    assert q["frame_00000"]["red sofa"].sum() == 100
+    (scene / "gt" / "queries.json").write_text("{broken")
+    with pytest.raises(InputError, match=r"queries.json: unreadable JSON"):
+        load_gt_queries(scene)

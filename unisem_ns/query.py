@@ -19,10 +19,9 @@ from typing import Dict, List, Literal, Optional
 import numpy as np
 import torch
 import tyro
-from PIL import Image
 
 from unisem_ns.cues.layout import atomic_save_png, atomic_write_json
-from unisem_ns.data.scene_io import InputError
+from unisem_ns.data.scene_io import InputError, load_gt_queries
 from unisem_ns.language.query_field import binary_mask
 from unisem_ns.metrics.segmentation import ConfusionMatrix
 
@@ -79,7 +78,7 @@ def run_query(args: QueryArgs) -> Dict:
     # Per query: intersection and union with every GT class, pooled over views.
     inter = {q: np.zeros(len(class_names)) for q in queries}
     union = {q: np.zeros(len(class_names)) for q in queries}
-    gt_queries = _load_gt_queries(Path(dataset.scene_dir)) if getattr(dataset, "scene_dir", None) else {}
+    gt_queries = load_gt_queries(Path(dataset.scene_dir)) if getattr(dataset, "scene_dir", None) else {}
     query_gt_iou: Dict[str, List[float]] = {q: [] for q in queries}
     args.output.mkdir(parents=True, exist_ok=True)
     n_views = 0
@@ -138,19 +137,6 @@ def run_query(args: QueryArgs) -> Dict:
         metrics["queries"][q] = entry
     atomic_write_json(args.output / "metrics.json", metrics)
     return metrics
-
-
-def _load_gt_queries(scene: Path) -> Dict[str, Dict[str, np.ndarray]]:
-    path = scene / "gt" / "queries.json"
-    if not path.exists():
-        return {}
-    out: Dict[str, Dict[str, np.ndarray]] = {}
-    for stem, entries in json.loads(path.read_text()).items():
-        out[stem] = {}
-        for text, mask_path in entries.items():
-            with Image.open(scene / mask_path) as im:
-                out[stem][text] = np.asarray(im) > 0
-    return out
 
 
 def main(argv: Optional[List[str]] = None) -> None:

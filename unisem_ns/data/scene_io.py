@@ -126,3 +126,37 @@ def load_depth(path: Path, unit_scale: float = 1e-3) -> np.ndarray:
             return np.asarray(im, dtype=np.float32) * unit_scale
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: unreadable depth map ({e}); regenerate it or drop depth_file_path") from None
+
+
+def load_gt_maps(scene: Path, stem: str) -> Dict[str, np.ndarray]:
+    """Ground-truth label maps of one view, for evaluation only: ``{"semantic", "instance"}`` [H, W] int64
+    from ``gt/semantic`` and ``gt/instance`` where present."""
+    from PIL import Image
+
+    out: Dict[str, np.ndarray] = {}
+    for key in ("semantic", "instance"):
+        path = Path(scene) / "gt" / key / f"{stem}.png"
+        if path.exists():
+            with Image.open(path) as im:
+                out[key] = np.asarray(im).astype(np.int64)
+    return out
+
+
+def load_gt_queries(scene: Path) -> Dict[str, Dict[str, np.ndarray]]:
+    """``gt/queries.json`` as ``{stem: {query text: bool mask [H, W]}}`` (empty when the file is absent)."""
+    from PIL import Image
+
+    path = Path(scene) / "gt" / "queries.json"
+    if not path.exists():
+        return {}
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: unreadable JSON ({e}); fix it or remove it") from None
+    out: Dict[str, Dict[str, np.ndarray]] = {}
+    for stem, queries in entries.items():
+        out[stem] = {}
+        for text, mask_path in queries.items():
+            with Image.open(Path(scene) / mask_path) as im:
+                out[stem][text] = np.asarray(im) > 0
+    return out

@@ -7,13 +7,12 @@ from pathlib import Path
 from pathlib import Path
 from typing import Dict, Type
 
-import numpy as np
 import torch
-from PIL import Image
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.utils.data_utils import get_depth_image_from_path
 
+from unisem_ns.data.scene_io import load_gt_maps
 from unisem_ns.ns.dataparser import UnisemDataParserConfig
 
 
@@ -54,7 +53,8 @@ class UnisemDataset(InputDataset):
             out["lang_seg"] = torch.from_numpy(seg.astype("int64"))
             out["lang_feats"] = torch.from_numpy(feats.astype("float16"))
         if self.is_eval:
-            out.update(load_gt_maps(Path(self.scene_dir), stem))
+            for key, labels in load_gt_maps(Path(self.scene_dir), stem).items():
+                out[f"gt_{key}"] = torch.from_numpy(labels)
         return out
 
 
@@ -62,17 +62,6 @@ class UnisemCueDataset(UnisemDataset):
     """:class:`UnisemDataset` that also loads the 2D language cues (for the semantic methods)."""
 
     load_language_cues = True
-
-
-def load_gt_maps(scene: Path, stem: str) -> Dict[str, torch.Tensor]:
-    """``gt_semantic`` / ``gt_instance`` [H, W] long from ``scene/gt`` where present."""
-    out = {}
-    for key, folder in (("gt_semantic", "semantic"), ("gt_instance", "instance")):
-        path = scene / "gt" / folder / f"{stem}.png"
-        if path.exists():
-            with Image.open(path) as im:
-                out[key] = torch.from_numpy(np.asarray(im).astype(np.int64))
-    return out
 
 
 @dataclass

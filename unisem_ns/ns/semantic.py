@@ -67,6 +67,8 @@ class SemanticEvalMixin:
     @torch.no_grad()
     def predict_classes(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
         """[H, W] predicted class ids (1..C-1; never 0 = void) by argmax over the scene's label set."""
+        if "segmentation_ids" in outputs and list(self.query_field.labels) == self.eval_labels:
+            return outputs["segmentation_ids"] + 1  # already segmented over this label set while rendering
         label_embeds = self.text_encoder.encode(self.eval_labels).to(outputs["rgb"].device)
         return segment(self.language_features(outputs), label_embeds) + 1
 
