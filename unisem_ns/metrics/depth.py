@@ -8,15 +8,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._tensor import as_tensor as _as_tensor
+
 __all__ = ["depth_metrics", "align_depth"]
 
 Align = Literal["none", "median", "lsq"]
-
-
-def _as_tensor(x: Any) -> Tensor:
-    if isinstance(x, Tensor):
-        return x.detach()
-    return torch.as_tensor(np.ascontiguousarray(x))
 
 
 def _median(x: Tensor) -> Tensor:

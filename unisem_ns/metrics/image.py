@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._tensor import as_tensor as _as_tensor
+
 __all__ = ["psnr", "ssim", "lpips", "lpips_available", "image_metrics", "ALEXNET_WEIGHTS"]
 
 logger = logging.getLogger(__name__)
@@ -24,12 +26,6 @@ ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"
 
 _lpips_warned = False
 _lpips_models: Dict[str, Any] = {}
-
-
-def _as_tensor(x: Any) -> Tensor:
-    if isinstance(x, Tensor):
-        return x.detach()
-    return torch.as_tensor(np.ascontiguousarray(x))
 
 
 def _to_bchw(x: Any) -> Tensor:

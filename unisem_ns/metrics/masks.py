@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._tensor import as_tensor as _as_tensor
+
 ArrayLike = Union[Tensor, np.ndarray]
 Style = Literal["langsplat", "gsemsplat"]
 
@@ -56,12 +58,6 @@ __all__ = [
 ]
 
 STYLE_THRESHOLDS = {"langsplat": 0.4, "gsemsplat": 0.5}
-
-
-def _as_tensor(x: Any) -> Tensor:
-    if isinstance(x, Tensor):
-        return x.detach()
-    return torch.as_tensor(np.ascontiguousarray(x))
 
 
 def _as_mask(x: Any, name: str = "mask") -> Tensor:

@@ -27,15 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._tensor import as_tensor as _as_tensor
+
 ArrayLike = Union[Tensor, np.ndarray]
 
 __all__ = ["ConfusionMatrix", "semantic_segmentation_metrics"]
-
-
-def _as_tensor(x: Any) -> Tensor:
-    if isinstance(x, Tensor):
-        return x.detach()
-    return torch.as_tensor(np.ascontiguousarray(x))
 
 
 def _frames(x: Union[ArrayLike, Sequence[ArrayLike]]) -> List[ArrayLike]:
