@@ -12,7 +12,6 @@ Usage: ``python benchmarks/bench_render.py [--repeats 5] [--skip-dense]``
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -22,6 +21,7 @@ import torch
 
 from unisem_ns.render import rasterization
 from unisem_ns.render.projection import project_gaussians, quat_scale_to_covar
+from unisem_ns.utils.atomic import atomic_write_json
 from unisem_ns.utils.system import machine_description, tune_malloc
 
 RESULTS = Path(__file__).parent / "results"
@@ -123,9 +123,7 @@ def main() -> None:
         targets={"dense_over_torch_128_10000": ">= 10", "feat16_over_rgb": "<= 1.5"},
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(args.out)
+    atomic_write_json(args.out, report)
     print(f"wrote {args.out}")
 
 

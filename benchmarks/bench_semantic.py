@@ -28,6 +28,7 @@ from unisem_ns.data.default_scene import default_scene_dir
 from unisem_ns.data.scene_io import load_gt_maps
 from unisem_ns.language.encoders import make_text_encoder
 from unisem_ns.metrics.segmentation import ConfusionMatrix
+from unisem_ns.utils.atomic import atomic_write_json
 from unisem_ns.utils.system import machine_description
 
 RESULTS = Path(__file__).parent / "results"
@@ -96,9 +97,7 @@ def main() -> None:
     report = {"machine": machine_description(), "scene": str(source), "held_out_views": rows[0]["raw_cues"]["views"] if rows else 0,
               "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    tmp.replace(args.out)
+    atomic_write_json(args.out, report)
     print(f"wrote {args.out}")
 
 

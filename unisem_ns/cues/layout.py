@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
@@ -35,6 +32,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from unisem_ns.data.scene_io import InputError, read_transforms
+from unisem_ns.utils.atomic import (  # noqa: F401  (re-exported: the cue writers' API)
+    atomic_file,
+    atomic_save_npy,
+    atomic_save_png,
+    atomic_write_bytes,
+    atomic_write_json,
+    remove_stale_temps,
+)
 
 __all__ = [
     "LANGUAGE_DIR",
@@ -80,7 +85,6 @@ LANGSPLAT_LEVELS: Tuple[str, ...] = ("default", "s", "m", "l")
 # describe a LangSplat folder that has no encoder.json (see read_encoder_json).
 LANGSPLAT_ENCODER = {"kind": "open_clip", "model": "ViT-B-16", "pretrained": "laion2b_s34b_b88k", "dim": 512}
 
-_TMP_SUFFIX = ".tmp"
 _T = TypeVar("_T")
 
 
@@ -93,63 +97,6 @@ def _make_hint(scene: Path) -> str:
         f"make it with `unisem-preprocess --data {scene} --mode sam-clip --sam-checkpoint sam_vit_h_4b8939.pth` "
         f"(real images) or `unisem-preprocess --data {scene} --mode simulate` (synthetic scenes with gt/)"
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _atomic_file(path: Path):
-    """Yield a binary file object in ``path``'s folder; on success it replaces ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    with _atomic_file(path) as f:
-        f.write(data)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    with _atomic_file(path) as f:
-        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-
-
-def atomic_save_png(path: Path, arr: np.ndarray) -> None:
-    from PIL import Image
-
-    with _atomic_file(path) as f:
-        Image.fromarray(np.ascontiguousarray(arr)).save(f, format="PNG")
-
-
-def _remove_stale_temps(folder: Path) -> None:
-    """Remove temporaries an interrupted writer left behind (``.<name>.<random>.tmp``)."""
-    if folder.is_dir():
-        for p in folder.glob(f".*{_TMP_SUFFIX}"):
-            try:
-                p.unlink()
-            except OSError:
-                pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,8 +461,8 @@ class CueCache:
         ld, od = language_dir(self.scene), object_mask_dir(self.scene)
         ld.mkdir(parents=True, exist_ok=True)
         od.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(ld)
-        _remove_stale_temps(od)
+        remove_stale_temps(ld)
+        remove_stale_temps(od)
         old = read_manifest(self.scene)
         n = len(self.stems)
         prev_done: set = set()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import colorsys
 import json
 import math
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -1391,13 +1390,12 @@ def _save_png(path: Path, arr: np.ndarray) -> None:
 
 
 def _write_json(path: Path, obj: Any, atomic: bool = False) -> None:
-    text = json.dumps(obj, indent=2) + "\n"
-    if not atomic:
-        path.write_text(text)
-        return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    if atomic:
+        from unisem_ns.utils.atomic import atomic_write_json
+
+        atomic_write_json(path, obj)
+    else:
+        path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def _track(it: Iterable[_T], total: int, description: str, enabled: bool) -> Iterator[_T]:

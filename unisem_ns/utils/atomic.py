@@ -1,0 +1,71 @@
+"""Atomic file writes: a temporary file in the target's folder, fsync, then ``os.replace``.
+
+An interrupted writer leaves either the old file or the new one, never half of one; its temporary
+(``.<name>.<random>.tmp``) can be swept with :func:`remove_stale_temps`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TMP_SUFFIX = ".tmp"
+
+
+@contextmanager
+def atomic_file(path: Path):
+    """Yield a binary file object in ``path``'s folder; on success it replaces ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_file(path) as f:
+        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def atomic_save_png(path: Path, arr: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_file(path) as f:
+        Image.fromarray(np.ascontiguousarray(arr)).save(f, format="PNG")
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Remove temporaries an interrupted writer left behind in ``folder``."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.glob(f".*{TMP_SUFFIX}"):
+            try:
+                p.unlink()
+            except OSError:
+                pass
