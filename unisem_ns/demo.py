@@ -13,7 +13,6 @@ An interrupted run resumes from its latest checkpoint when started again.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

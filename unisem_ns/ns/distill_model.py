@@ -7,7 +7,7 @@ pulled toward the 2D language cues with cosine + L1 losses. Every semantic metho
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Type
+from typing import Dict, List, Type
 
 import torch
 import torch.nn.functional as F

@@ -4,7 +4,6 @@ N-D feature channel per Gaussian for the semantic methods to supervise."""
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple, Type, Union
@@ -27,8 +26,7 @@ from unisem_ns.data.scene_io import InputError
 from unisem_ns.metrics import depth_metrics
 from unisem_ns.metrics.image import image_metrics
 from unisem_ns.ns.dataparser import exit_on_input_error
-from unisem_ns.render import rasterization
-from unisem_ns.render.projection import spherical_harmonics
+from unisem_ns.render import rasterization, sh_colors
 
 @dataclass
 class UnisemSplatModelConfig(SplatfactoModelConfig):
@@ -177,10 +175,7 @@ class UnisemSplatModel(SplatfactoModel):
         """Per-camera RGB [C, N, 3], with SH evaluated here so features can ride in the same pass."""
         if self.config.sh_degree > 0:
             degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
-            shs = torch.cat([features_dc[:, None], features_rest], dim=1)
-            campos = torch.linalg.inv(viewmat)[:, :3, 3]
-            dirs = means[None] - campos[:, None]
-            return torch.clamp_min(spherical_harmonics(degree, dirs, shs[None].expand(viewmat.shape[0], -1, -1, -1)) + 0.5, 0.0)
+            return sh_colors(means, torch.cat([features_dc[:, None], features_rest], dim=1), viewmat, degree)
         return torch.sigmoid(features_dc)[None].expand(viewmat.shape[0], -1, -1)
 
     def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:

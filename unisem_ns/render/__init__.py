@@ -3,6 +3,6 @@
 Importing this package does no CUDA work and does not import nerfstudio.
 """
 
-from .rasterization import RENDER_MODES, gsplat_version, rasterization, select_backend
+from .rasterization import RENDER_MODES, gsplat_version, rasterization, select_backend, sh_colors
 
-__all__ = ["rasterization", "select_backend", "gsplat_version", "RENDER_MODES"]
+__all__ = ["rasterization", "sh_colors", "select_backend", "gsplat_version", "RENDER_MODES"]

@@ -50,6 +50,25 @@ def select_backend(device: torch.device, backend: Backend = "auto") -> str:
     return "gsplat" if on_cuda and gsplat_version() is not None else "torch"
 
 
+def sh_colors(means: Tensor, coeffs: Tensor, viewmats: Tensor, sh_degree: int) -> Tensor:
+    """View-dependent RGB from SH coefficients, as gsplat evaluates it (``SH + 0.5``, clamped at 0).
+
+    Args:
+        means: [N, 3] Gaussian centres.
+        coeffs: [N, K, 3] or [C, N, K, 3] SH coefficients.
+        viewmats: [C, 4, 4] world-to-camera matrices.
+        sh_degree: bands to use.
+
+    Returns:
+        [C, N, 3] colours.
+    """
+    c = viewmats.shape[0]
+    campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
+    dirs = means[None] - campos[:, None]  # [C, N, 3]
+    shs = coeffs if coeffs.dim() == 4 else coeffs[None].expand(c, -1, -1, -1)
+    return torch.clamp_min(spherical_harmonics(sh_degree, dirs, shs) + 0.5, 0.0)
+
+
 def rasterization(
     means: Tensor,
     quats: Tensor,
@@ -176,10 +195,7 @@ def _rasterize_torch(
         opac = opac * comp
 
     if sh_degree is not None:
-        campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
-        dirs = means[None] - campos[:, None]  # [C, N, 3]
-        shs = colors if colors.dim() == 4 else colors[None].expand(c, -1, -1, -1)
-        feats = torch.clamp_min(spherical_harmonics(sh_degree, dirs, shs) + 0.5, 0.0)
+        feats = sh_colors(means, colors, viewmats, sh_degree)
     else:
         feats = colors if colors.dim() == 3 else colors[None].expand(c, -1, -1)
 
