@@ -1,0 +1,50 @@
+"""Unified-Lift (CVPR 2025, Zhu et al.): end-to-end object-level lifting with a global codebook.
+
+Pure PyTorch / numpy / scipy core (no nerfstudio import), ALGORITHMS.md section 2:
+
+* :mod:`.contrastive`: :func:`sample_pixels`, prototype InfoNCE :func:`contrastive_loss`, :func:`norm_regulariser`.
+* :mod:`.noise_filter`: :func:`label_confidence` (uncertainty map -> keep mask).
+* :mod:`.id_mapping`: :func:`area_aware_assignment` (per-view Hungarian SAM id -> codebook id).
+* :mod:`.codebook`: :class:`Codebook`, :func:`class_loss`, :func:`concentration_loss`,
+  :class:`UnifiedLiftLossConfig`, :func:`unified_lift_losses` (everything for one view).
+* :mod:`.clustering`: HDBSCAN baseline (:func:`cluster_gaussian_features`, :func:`assign_pixels`).
+* :mod:`.export`: instance PLY (:func:`export_instance_ply`, :func:`read_instance_ply`).
+"""
+
+from .clustering import ClusteringConfig, assign_pixels, cluster_centres, cluster_gaussian_features
+from .codebook import (
+    Codebook,
+    CodebookConfig,
+    UnifiedLiftLossConfig,
+    class_loss,
+    concentration_loss,
+    unified_lift_losses,
+)
+from .contrastive import contrastive_loss, mask_prototypes, norm_regulariser, sample_pixels, unit_features
+from .export import InstancePly, export_instance_ply, instance_colours, read_instance_ply
+from .id_mapping import area_aware_assignment
+from .noise_filter import label_confidence
+
+__all__ = [
+    "ClusteringConfig",
+    "assign_pixels",
+    "cluster_centres",
+    "cluster_gaussian_features",
+    "Codebook",
+    "CodebookConfig",
+    "UnifiedLiftLossConfig",
+    "class_loss",
+    "concentration_loss",
+    "unified_lift_losses",
+    "contrastive_loss",
+    "mask_prototypes",
+    "norm_regulariser",
+    "sample_pixels",
+    "unit_features",
+    "InstancePly",
+    "export_instance_ply",
+    "instance_colours",
+    "read_instance_ply",
+    "area_aware_assignment",
+    "label_confidence",
+]
