@@ -9,7 +9,6 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from method_configs.unisem_splat import unisem_splat
 from unisem_ns.ns.data import UnisemCueDatamanagerConfig
-from unisem_ns.ns.dataparser import UnisemDataParserConfig
 from unisem_ns.ns.distill_model import UnisemDistillModelConfig
 
 _base = unisem_splat.config
@@ -19,7 +18,7 @@ unisem_distill = MethodSpecification(
         method_name="unisem-distill",
         pipeline=dataclasses.replace(
             _base.pipeline,
-            datamanager=UnisemCueDatamanagerConfig(dataparser=UnisemDataParserConfig(require_language_cues=True)),
+            datamanager=UnisemCueDatamanagerConfig(),
             model=UnisemDistillModelConfig(),
         ),
         optimizers={

@@ -399,3 +399,35 @@ def test_query_field_decoder_and_latent_space(tiny_clip):
     mlp = torch.nn.Linear(32, 32)
     field = LanguageQueryField(tiny_clip, decoder=mlp)
     assert field.decoder is mlp and list(field.parameters()) == [] and field.state_dict() == {}
+
+
+def test_query_field_with_both_maps_uses_latent_for_labels_and_decoder_for_queries(tiny_clip):
+    """econSG's split: the closed label set is compared in the latent, free-text queries after decoding."""
+    h, w = 6, 8
+    feats = _halves(tiny_clip, h, w, "a sofa", "a lamp")
+    rot, _ = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(1)))
+    latent = feats @ rot
+    calls = {"decode": 0, "encode": 0}
+
+    def decode(z):
+        calls["decode"] += 1
+        return z @ rot.T
+
+    def encode(t):
+        calls["encode"] += 1
+        return t @ rot
+
+    both = LanguageQueryField(tiny_clip, decoder=decode, text_to_latent=encode)
+    ref = LanguageQueryField(tiny_clip)
+    for field in (both, ref):
+        field.set_labels(["a lamp", "a sofa"])
+    out = both.query_outputs(latent)
+    assert calls == {"decode": 0, "encode": 1}  # labels alone: latent space only
+    assert torch.equal(out["segmentation_ids"], ref.query_outputs(feats)["segmentation_ids"])
+    both.set_queries(["a sofa"])
+    ref.set_queries(["a sofa"])
+    calls.update(decode=0, encode=0)
+    out = both.query_outputs(latent)
+    assert calls["decode"] >= 1 and calls["encode"] == 1  # queries decoded; only the labels are encoded
+    assert torch.allclose(out["relevancy_0"], ref.query_outputs(feats)["relevancy_0"], atol=1e-5)
+    assert torch.equal(both.classify(latent), ref.classify(feats))

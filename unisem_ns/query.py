@@ -2,7 +2,8 @@
 
 Writes, per view, ``<stem>/rgb.png``, ``relevancy_<query>.png`` (turbo), ``composited_<query>.png``,
 ``mask_<query>.png``, ``segmentation.png`` (colour) and ``segmentation_ids.png`` (uint16 label index + 1),
-``instances.png`` / ``instances_color.png`` for methods that predict instances (``predict_instances``), and
+``instances.png`` / ``instances_color.png`` for methods that predict instances (``predict_instances``; with
+scene-level PQ/SQ/RQ against ``gt/instance`` in metrics.json), and
 ``metrics.json`` when the scene has ``gt/``: pooled mIoU/mAcc for the label set and, for each query, its IoU with
 every GT class pooled over the views where that class is visible (so ``couch`` can be checked against the sofas),
 and with ``gt/queries.json`` masks when present.
@@ -22,7 +23,8 @@ import tyro
 
 from unisem_ns.cues.layout import atomic_save_png, atomic_write_json
 from unisem_ns.data.scene_io import InputError, load_gt_queries
-from unisem_ns.language.query_field import binary_mask
+from unisem_ns.language.query_field import binary_mask, palette, turbo
+from unisem_ns.metrics.panoptic import PanopticAccumulator
 from unisem_ns.metrics.segmentation import ConfusionMatrix
 
 
@@ -55,22 +57,28 @@ def run_query(args: QueryArgs) -> Dict:
 
     _, pipeline, _, _ = eval_setup(args.load_config, test_mode="test")
     model = pipeline.model
-    if not hasattr(model, "language_features"):
+    field = getattr(model, "query_field", None)
+    if field is None and not hasattr(model, "predict_instances"):
         raise InputError(
             f"{args.load_config}: method '{type(model).__name__}' renders no language features; "
             "query a run of a semantic method (e.g. ns-train unisem-distill)"
         )
-    field = model.query_field
     queries = [q.strip() for q in args.queries.split(";") if q.strip()]
+    if field is None and (queries or args.labels is not None):
+        raise InputError(
+            f"{args.load_config}: this run's scene had no 2D language cues, so it answers no text queries (instance "
+            "maps only); make cues with `unisem-preprocess --data <scene>` and retrain to query it"
+        )
     if args.labels is not None:
         try:
             labels: List[str] = json.loads(args.labels.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise InputError(f"{args.labels}: cannot read the label list ({e}); pass a JSON list of class names") from None
     else:
-        labels = list(model.eval_labels)
-    field.set_queries(queries)
-    field.set_labels(labels)
+        labels = list(getattr(model, "eval_labels", []))
+    if field is not None:
+        field.set_queries(queries)
+        field.set_labels(labels)
 
     dataset = pipeline.datamanager.eval_dataset
     class_names: List[str] = list(getattr(model, "class_names", []))
@@ -81,6 +89,7 @@ def run_query(args: QueryArgs) -> Dict:
     gt_queries = load_gt_queries(Path(dataset.scene_dir)) if getattr(dataset, "scene_dir", None) else {}
     query_gt_iou: Dict[str, List[float]] = {q: [] for q in queries}
     args.output.mkdir(parents=True, exist_ok=True)
+    panoptic = PanopticAccumulator(void_id=0, void="drop")  # scene-level PQ over all eval views
     n_views = 0
     for camera, batch in pipeline.datamanager.fixed_indices_eval_dataloader:
         stem = Path(dataset.image_filenames[batch["image_idx"]]).stem
@@ -93,7 +102,7 @@ def run_query(args: QueryArgs) -> Dict:
             rel = outputs[f"relevancy_{i}"][..., 0]
             mask = binary_mask(rel, style=args.mask_style)
             name = _safe(q)
-            atomic_save_png(view_dir / f"relevancy_{name}.png", _to_u8(field.colormap(rel)))
+            atomic_save_png(view_dir / f"relevancy_{name}.png", _to_u8(turbo(rel)))
             atomic_save_png(view_dir / f"composited_{name}.png", _to_u8(outputs[f"composited_{i}"]))
             atomic_save_png(view_dir / f"mask_{name}.png", mask.cpu().numpy().astype(np.uint8) * 255)
             if gt_sem is not None:
@@ -111,7 +120,9 @@ def run_query(args: QueryArgs) -> Dict:
         if hasattr(model, "predict_instances"):  # instance methods (e.g. Unified-Lift) expose per-pixel ids
             inst = model.predict_instances(outputs)
             atomic_save_png(view_dir / "instances.png", inst.cpu().numpy().astype(np.uint16))
-            atomic_save_png(view_dir / "instances_color.png", _to_u8(field.palette(int(inst.max()) + 1)[inst.cpu()]))
+            atomic_save_png(view_dir / "instances_color.png", _to_u8(palette(int(inst.max()) + 1)[inst.cpu()]))
+            if "gt_instance" in batch:
+                panoptic.update(inst, batch["gt_instance"].to(inst.device))
         if labels:
             ids = outputs["segmentation_ids"]
             atomic_save_png(view_dir / "segmentation.png", _to_u8(outputs["segmentation"]))
@@ -124,6 +135,9 @@ def run_query(args: QueryArgs) -> Dict:
     if seg_cm is not None and n_views:
         seg = seg_cm.compute()
         metrics["segmentation"] = {"miou": seg["miou"], "macc": seg["macc"], "miou_micro": seg["miou_micro"]}
+    if panoptic.pairs:
+        pq = panoptic.compute()
+        metrics["instances"] = {"pq_scene": pq["pq"], "sq_scene": pq["sq"], "rq_scene": pq["rq"]}
     for q in queries:
         entry: Dict = {}
         if class_names:
@@ -149,6 +163,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     if "segmentation" in metrics:
         s = metrics["segmentation"]
         print(f"  closed-set segmentation: mIoU {s['miou']:.3f}  mAcc {s['macc']:.3f}")
+    if "instances" in metrics:
+        s = metrics["instances"]
+        print(f"  instances: PQ^scene {s['pq_scene']:.3f}  SQ {s['sq_scene']:.3f}  RQ {s['rq_scene']:.3f}")
     for q, entry in metrics["queries"].items():
         if "best_class" in entry:
             print(f"  '{q}': best matches GT class '{entry['best_class']}' (IoU {entry['best_iou']:.3f})")

@@ -242,7 +242,8 @@ class LanguageQueryField(nn.Module):
 
     ``decoder`` maps a method's latent ``[..., d]`` to the encoder space ``[..., D]`` (an MLP, an autoencoder's
     decoder); ``text_to_latent`` instead maps encoded phrases ``[Q, D]`` into the latent space ``[Q, d]`` and the
-    comparison happens there (it takes precedence over ``decoder``). Neither is registered as a submodule: the
+    comparison happens there. With both, the closed label set is compared in the latent space and free-text
+    queries in the decoded space. Neither is registered as a submodule: the
     method owns their parameters and checkpoints them. Phrase embeddings are cached (encoder space, CPU).
     """
 
@@ -322,14 +323,22 @@ class LanguageQueryField(nn.Module):
 
     # -- evaluation ------------------------------------------------------------------------------------------------
 
-    def _phrases(self, emb: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    def _in_latent(self, kind: str) -> bool:
+        """Where ``kind`` ("labels" or "queries") is compared: in the latent space when ``text_to_latent`` is set,
+        except free-text queries when a ``decoder`` is set too (decoding keeps open-vocabulary phrases that the
+        latent space was not trained on apart; a closed label set was, so it stays in the latent)."""
+        if self.text_to_latent is None:
+            return False
+        return kind == "labels" or self.decoder is None
+
+    def _phrases(self, emb: torch.Tensor, device: torch.device, dtype: torch.dtype, kind: str = "labels") -> torch.Tensor:
         emb = emb.to(device)
-        if self.text_to_latent is not None:
+        if self._in_latent(kind):
             emb = self.text_to_latent(emb)
         return F.normalize(emb.to(dtype), dim=-1)
 
-    def _features(self, feats: torch.Tensor) -> torch.Tensor:
-        if self.text_to_latent is None and self.decoder is not None:
+    def _features(self, feats: torch.Tensor, kind: str = "labels") -> torch.Tensor:
+        if not self._in_latent(kind) and self.decoder is not None:
             feats = self.decoder(feats)
         return feats.float()
 
@@ -348,17 +357,17 @@ class LanguageQueryField(nn.Module):
         if not self._queries and not self._labels:
             return out
         dev = features.device
-        pos = self._phrases(self._pos, dev, torch.float32) if self._pos is not None else None
-        neg = self._phrases(self.negatives(), dev, torch.float32) if pos is not None else None
+        pos = self._phrases(self._pos, dev, torch.float32, "queries") if self._pos is not None else None
+        neg = self._phrases(self.negatives(), dev, torch.float32, "queries") if pos is not None else None
         lab = self._phrases(self._lab, dev, torch.float32) if self._lab is not None else None
         flat = features.reshape(-1, d)
         rels, ids = [], []
         for i in range(0, flat.shape[0], self.chunk_size):
-            f = self._features(flat[i:i + self.chunk_size])
+            chunk = flat[i:i + self.chunk_size]
             if pos is not None:
-                rels.append(relevancy(f, pos, neg, self.temperature))
+                rels.append(relevancy(self._features(chunk, "queries"), pos, neg, self.temperature))
             if lab is not None:
-                ids.append(segment(f, lab, self.other_threshold))
+                ids.append(segment(self._features(chunk), lab, self.other_threshold))
         if pos is not None:
             rel = torch.cat(rels).reshape(h, w, -1)
             for q in range(rel.shape[-1]):
@@ -371,6 +380,18 @@ class LanguageQueryField(nn.Module):
             out["segmentation_ids"] = seg
             out["segmentation"] = colours[seg]
         return out
+
+    @torch.no_grad()
+    def classify(self, features: torch.Tensor, labels: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """Closed-set label index ``[...]`` (long) of features ``[..., d]`` over ``labels`` (default: the label
+        set), compared in the same space as :meth:`query_outputs` (latent when ``text_to_latent`` is set)."""
+        lab = self.encoder.encode(list(labels)) if labels is not None else self._lab
+        if lab is None:
+            raise ValueError("classify: no label set; call set_labels first or pass labels")
+        lab = self._phrases(lab, features.device, torch.float32)
+        flat = features.reshape(-1, features.shape[-1])
+        ids = [segment(self._features(flat[i:i + self.chunk_size]), lab) for i in range(0, flat.shape[0], self.chunk_size)]
+        return torch.cat(ids).reshape(features.shape[:-1]) if ids else flat.new_zeros(features.shape[:-1], dtype=torch.long)
 
     # -- helpers used by the viewer/CLI glue ------------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ class UnisemDataParserConfig(NerfstudioDataParserConfig):
     """Train/eval split: 'filename' uses transforms.json's train/test lists when present (else every 8th view)."""
     require_language_cues: bool = False
     """Fail up front when the scene has no 2D language cues (set by the semantic methods)."""
+    require_object_masks: bool = False
+    """Fail up front when the scene has no 2D instance masks in object_mask/ (set by the instance methods)."""
 
 
 class UnisemDataParser(Nerfstudio):
@@ -73,10 +75,25 @@ class UnisemDataParser(Nerfstudio):
                     f"`unisem-preprocess --data {scene} --mode simulate` (scenes with gt/) or `--mode sam-clip`"
                 )
             )
+        if self.config.require_object_masks and split == "train":
+            _check_object_masks(scene, outputs.image_filenames)
         classes = scene / "gt" / "classes.json"
         if classes.exists():  # the label set for evaluation only; no labels are read for training
             outputs.metadata["class_names"] = json.loads(classes.read_text())
         return outputs
+
+
+def _check_object_masks(scene: Path, image_filenames) -> None:
+    folder = scene / "object_mask"
+    fix = (f"make them with `unisem-preprocess --data {scene} --mode simulate` (scenes with gt/) or `--mode sam-clip`, "
+           "or copy Gaussian Grouping / LERF-Mask masks there (one <image stem>.png per view)")
+    if not folder.is_dir():
+        raise exit_on_input_error(InputError(f"{folder}: no 2D instance masks; {fix}"))
+    missing = [Path(f).stem for f in image_filenames if not (folder / f"{Path(f).stem}.png").exists()]
+    if missing:
+        raise exit_on_input_error(
+            InputError(f"{folder / (missing[0] + '.png')}: missing ({len(missing)} training views have no mask); {fix}")
+        )
 
 
 def _has_split_lists(scene: Path) -> bool:

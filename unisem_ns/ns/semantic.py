@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from unisem_ns.language.encoders import make_text_encoder
-from unisem_ns.language.query_field import LanguageQueryField, segment
+from unisem_ns.language.query_field import LanguageQueryField
 from unisem_ns.metrics.segmentation import semantic_segmentation_metrics
 
 
@@ -69,8 +69,7 @@ class SemanticEvalMixin:
         """[H, W] predicted class ids (1..C-1; never 0 = void) by argmax over the scene's label set."""
         if "segmentation_ids" in outputs and list(self.query_field.labels) == self.eval_labels:
             return outputs["segmentation_ids"] + 1  # already segmented over this label set while rendering
-        label_embeds = self.text_encoder.encode(self.eval_labels).to(outputs["rgb"].device)
-        return segment(self.language_features(outputs), label_embeds) + 1
+        return self.query_field.classify(self.language_features(outputs), self.eval_labels) + 1
 
     def get_image_metrics_and_images(
         self, outputs: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]

@@ -171,6 +171,11 @@ class UnisemSplatModel(SplatfactoModel):
 
     # ----------------------------------------------------------------------------------- rendering
 
+    def gaussian_features(self, features_sem: torch.Tensor) -> torch.Tensor:
+        """The per-Gaussian features ``[N, F]`` alpha-blended into ``outputs["features"]``; methods override
+        this to render a transform of the stored parameter (econSG normalises each Gaussian's latent)."""
+        return features_sem
+
     def _render_colors(self, means, features_dc, features_rest, viewmat) -> torch.Tensor:
         """Per-camera RGB [C, N, 3], with SH evaluated here so features can ride in the same pass."""
         if self.config.sh_degree > 0:
@@ -205,7 +210,8 @@ class UnisemSplatModel(SplatfactoModel):
         render_mode = "RGB+ED" if (self.config.output_depth_during_training or not self.training) else "RGB"
         colors = self._render_colors(params["means"], params["features_dc"], params["features_rest"], viewmat)
         if "features_sem" in params:
-            colors = torch.cat([colors, params["features_sem"][None].expand(colors.shape[0], -1, -1)], dim=-1)
+            feats = self.gaussian_features(params["features_sem"])
+            colors = torch.cat([colors, feats[None].expand(colors.shape[0], -1, -1)], dim=-1)
         render, alpha, self.info = rasterization(
             means=params["means"],
             quats=params["quats"],

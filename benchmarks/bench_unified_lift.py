@@ -1,0 +1,58 @@
+"""Unified-Lift on the default scene: scene-level PQ/SQ/RQ on the held-out views (frames pooled, GT void
+dropped, class-agnostic) for the full model, the HDBSCAN clustering baseline and each ablation.
+
+Writes ``benchmarks/results/unified_lift.json``. Usage:
+``python benchmarks/bench_unified_lift.py [--iterations 1000] [--rows full,cluster,...] [--corruptions default heavy]``
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from _scene_runs import RESULTS, cue_scene, query, train
+from unisem_ns.language.encoders import make_text_encoder
+from unisem_ns.utils.atomic import atomic_write_json
+from unisem_ns.utils.system import machine_description
+
+M = "--pipeline.model."
+ROWS = {
+    "full": [],
+    "cluster": [M + "losses.use-codebook", "False", M + "inference", "cluster"],
+    "no_area_aware": [M + "losses.area-aware", "False"],
+    "no_concentration": [M + "losses.use-concentration", "False"],
+    "no_noise_filter": [M + "losses.use-noise-filter", "False"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--corruptions", nargs="+", default=["default", "heavy"])
+    parser.add_argument("--rows", default="full,cluster,no_area_aware,no_concentration,no_noise_filter",
+                        help="rows at the first corruption; later corruptions run only full and cluster")
+    parser.add_argument("--extra", default="", help="flags added to every run, e.g. the codebook schedule")
+    parser.add_argument("--workdir", type=Path, default=Path("outputs/bench_unified_lift"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "unified_lift.json")
+    args = parser.parse_args()
+    encoder = make_text_encoder("minilm")
+    common = args.extra.split()
+    report = {"machine": machine_description(), "iterations": args.iterations, "common_flags": common, "corruptions": {}}
+    for i, preset in enumerate(args.corruptions):
+        scene = cue_scene(args.workdir, preset, encoder)
+        rows = args.rows.split(",") if i == 0 else [r for r in ("full", "cluster") if r in args.rows.split(",")]
+        entry = {}
+        for row in rows:
+            t = train("unified-lift", scene, args.workdir / preset / "runs", row, args.iterations, *common, *ROWS[row])
+            q = query(t["run"], args.workdir / preset / "query" / row)
+            entry[row] = {"flags": ROWS[row], **q["instances"], "miou": q.get("segmentation", {}).get("miou"),
+                          "train_seconds": t["train_seconds"]}
+            print(f"[{preset}] {row}: PQ {entry[row]['pq_scene']:.3f}  SQ {entry[row]['sq_scene']:.3f}  "
+                  f"RQ {entry[row]['rq_scene']:.3f}  ({t['train_seconds']:.0f} s)", flush=True)
+            report["corruptions"][preset] = entry
+            atomic_write_json(args.out, report)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""``unisem-export-instances``: a trained instance run's Gaussians to a PLY with per-Gaussian instance ids (and
+class ids where the scene had language cues), e.g. for robotics pipelines or a point-cloud viewer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import tyro
+
+from unisem_ns.data.scene_io import InputError
+
+
+@dataclass
+class ExportArgs:
+    """Write x, y, z, red, green, blue (instance colour), instance and class per Gaussian."""
+
+    load_config: Path
+    """config.yml of an instance run (ns-train unified-lift)."""
+    output: Path = Path("outputs/instances.ply")
+    """PLY file to write (binary; class names go into header comments)."""
+
+
+def run_export(args: ExportArgs) -> Path:
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    if not args.load_config.exists():
+        raise InputError(f"{args.load_config}: no such run config; pass the config.yml of an ns-train unified-lift run")
+    _, pipeline, _, _ = eval_setup(args.load_config, test_mode="inference")
+    model = pipeline.model
+    if not hasattr(model, "export_ply"):
+        raise InputError(
+            f"{args.load_config}: method '{type(model).__name__}' predicts no instances; export a unified-lift run"
+        )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    model.export_ply(args.output)
+    return args.output
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = tyro.cli(ExportArgs, args=argv)
+    try:
+        path = run_export(args)
+    except InputError as e:
+        raise SystemExit(f"unisem_ns: error: {e}") from None
+    print(f"unisem-export-instances: wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

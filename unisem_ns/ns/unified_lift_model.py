@@ -1,0 +1,317 @@
+"""``ns-train unified-lift``: Unified-Lift in Nerfstudio (ALGORITHMS.md §2).
+
+unisem-splat's 16-d per-Gaussian feature, trained with the contrastive loss on raw per-view SAM ids, plus a
+global object codebook read out by argmax (no clustering). The losses live in :mod:`unisem_ns.unified_lift`;
+this module is the glue: data needs (``object_mask`` per training view, language cues when the scene has
+them), the codebook's optimizer group, instance outputs for the viewer (colours, click-to-highlight), scene-level
+PQ in ``ns-eval``, and text queries that select instances through the shared language field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from torch import nn
+from torch.nn import Parameter
+
+from unisem_ns.cues.layout import dense_targets
+from unisem_ns.language.query_field import palette
+from unisem_ns.metrics.panoptic import PanopticAccumulator
+from unisem_ns.ns.data import UnisemDatamanagerConfig, UnisemDataset
+from unisem_ns.ns.semantic import SemanticEvalMixin
+from unisem_ns.ns.splat_model import UnisemSplatModel, UnisemSplatModelConfig
+from unisem_ns.unified_lift import (
+    Codebook,
+    UnifiedLiftLossConfig,
+    assign_pixels,
+    cluster_centres,
+    cluster_gaussian_features,
+    export_instance_ply,
+    unified_lift_losses,
+)
+
+HIGHLIGHT_COLOR = (1.0, 0.15, 0.1)
+
+
+# ------------------------------------------------------------------------------------------------- data needs
+
+
+class UnifiedLiftDataset(UnisemDataset):
+    """Training views carry ``object_mask`` (raw SAM ids, [H, W]); and the 2D language cues when the scene has
+    them, which only name instances for text queries (the instance losses never read them)."""
+
+    load_object_masks = True
+
+    def __init__(self, dataparser_outputs, scale_factor: float = 1.0):
+        super().__init__(dataparser_outputs, scale_factor)
+        self.load_language_cues = "cue_encoder" in self.metadata and not self.is_eval
+
+
+@dataclass
+class UnifiedLiftDatamanagerConfig(UnisemDatamanagerConfig):
+    _target: Type = field(default_factory=lambda: FullImageDatamanager[UnifiedLiftDataset])
+    requires_object_masks: ClassVar[bool] = True
+
+
+# ------------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class UnifiedLiftModelConfig(UnisemSplatModelConfig):
+    """Contrastive Gaussian features + a global object codebook; instance id = argmax codebook similarity."""
+
+    _target: Type = field(default_factory=lambda: UnifiedLiftModel)
+    feature_dim: int = 16
+    """Per-Gaussian instance feature width (the codebook's width)."""
+    codebook_size: int = 256
+    """Number of object codes L (the most instances a scene can hold)."""
+    losses: UnifiedLiftLossConfig = field(default_factory=UnifiedLiftLossConfig)
+    """Loss weights, temperatures and ablation switches (use_codebook, area_aware, use_concentration,
+    use_noise_filter)."""
+    inference: Literal["codebook", "cluster"] = "codebook"
+    """'codebook': id = argmax codebook similarity (the method). 'cluster': HDBSCAN over the Gaussian features
+    and nearest-centre pixels (the paper's clustering baseline; train it with --losses.use-codebook False)."""
+    cluster_min_size: int = 50
+    """HDBSCAN min_cluster_size (sampled pixels) for inference='cluster'."""
+    cluster_views: int = 20
+    """Training views rendered for the clustering baseline."""
+    cluster_samples: int = 20000
+    """Rendered pixel features sampled (over those views) for HDBSCAN."""
+    language_decay: float = 0.995
+    """Per-step decay of the running per-instance language embedding (recent views count more, when ids have
+    settled)."""
+    codebook_start_step: int = 0
+    """Train only the contrastive feature branch before this step (0 = from the start, as the paper). A later
+    start lets features separate first, so each object's best-matching code is the same in every view. [R]"""
+    stop_split_at: int = 10000
+    """Densify until this step (Unified-Lift: 10k)."""
+
+
+class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
+    config: UnifiedLiftModelConfig
+    method_name = "unified-lift"
+
+    def populate_modules(self):
+        super().populate_modules()
+        n = self.gauss_params["means"].shape[0]
+        # Unified-Lift initialises object features as RGB2SH(U[0,1)): centred, small.
+        self.gauss_params["features_sem"].data = (torch.rand(n, self.config.feature_dim) - 0.5) / 0.28209479177387814
+        self.codebook = Codebook(self.config.codebook_size, self.config.feature_dim)
+        self._generator = torch.Generator().manual_seed(0)
+        metadata = self.kwargs.get("metadata", {}) or {}
+        self.has_language = "cue_encoder" in metadata
+        dim = int(metadata["cue_encoder"]["dim"]) if self.has_language else 1
+        self.register_buffer("language_sum", torch.zeros(self.config.codebook_size, dim))
+        self.register_buffer("language_weight", torch.zeros(self.config.codebook_size))
+        # inference='cluster' state, filled lazily at first use (not checkpointed: it is a pure function of the
+        # trained features).
+        self._cluster_centres: Optional[torch.Tensor] = None
+        self.selected_instance: Optional[int] = None
+        self.panoptic: Optional[PanopticAccumulator] = None
+        if self.has_language:
+            self.setup_semantics(metadata)
+        else:
+            self.class_names, self.eval_labels = list(metadata.get("class_names") or []), []
+        from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl
+
+        self.viewer_control = ViewerControl()
+        self.select_button = ViewerButton("Click to select an object", cb_hook=self._arm_click)
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        groups = super().get_param_groups()
+        groups["codebook"] = list(self.codebook.parameters())
+        return groups
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
+        losses = super().get_loss_dict(outputs, batch, metrics_dict)
+        if not self.training or "object_mask" not in batch:
+            return losses
+        ids = batch["object_mask"].to(self.device)
+        cfg = self.config.losses
+        if cfg.use_codebook and self.step < self.config.codebook_start_step:
+            cfg = dataclasses.replace(cfg, use_codebook=False)
+        codebook = self.codebook if cfg.use_codebook else None
+        terms = unified_lift_losses(outputs["features"], ids, codebook, cfg, self._generator)
+        losses.update({f"{k}_loss": v for k, v in terms["losses"].items()})
+        if metrics_dict is not None:
+            metrics_dict.update({f"ul_{k}": v for k, v in terms["metrics"].items()})
+        if self.has_language and "lang_seg" in batch and self.config.losses.use_codebook:
+            self._accumulate_language(outputs["features"].detach(), batch)
+        return losses
+
+    @torch.no_grad()
+    def _accumulate_language(self, features: torch.Tensor, batch) -> None:
+        """Running mean of the 2D language cue over each codebook id's pixels (names instances for queries)."""
+        target, valid = dense_targets(batch["lang_seg"].to(self.device), batch["lang_feats"].to(self.device), 0)
+        if not valid.any():
+            return
+        ids = self.codebook.instance_ids(features[valid])
+        self.language_sum.mul_(self.config.language_decay)
+        self.language_weight.mul_(self.config.language_decay)
+        self.language_sum.index_add_(0, ids, F.normalize(target[valid].float(), dim=-1))
+        self.language_weight.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float32))
+
+    # ------------------------------------------------------------------------------------------- inference
+
+    @torch.no_grad()
+    def instance_map(self, features: torch.Tensor) -> torch.Tensor:
+        """[H, W] long instance ids of a rendered feature image [H, W, D]."""
+        if self.config.inference == "cluster":
+            return assign_pixels(features, self._centres())
+        return self.codebook.instance_ids(features.reshape(-1, features.shape[-1])).reshape(features.shape[:-1])
+
+    def predict_instances(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return outputs["instances"] if "instances" in outputs else self.instance_map(outputs["features"])
+
+    def _centres(self) -> torch.Tensor:
+        """Cluster centres [C, D] of the baseline: HDBSCAN over rendered features sampled from the training views
+        (as Contrastive Lift clusters its rendered field; single Gaussians' features are far noisier)."""
+        if self._cluster_centres is None:
+            cameras = getattr(self, "train_cameras", None)
+            if cameras is None:
+                raise RuntimeError("inference='cluster' needs the training cameras (set by UnifiedLiftPipeline)")
+            gen = torch.Generator().manual_seed(0)
+            views = torch.randperm(len(cameras), generator=gen)[: self.config.cluster_views].tolist()
+            per_view = max(1, self.config.cluster_samples // len(views))
+            samples = []
+            for i in views:
+                feats = UnisemSplatModel.get_outputs_for_camera(self, cameras[i : i + 1].to(self.device))["features"]
+                flat = feats.reshape(-1, feats.shape[-1])
+                samples.append(flat[torch.randperm(flat.shape[0], generator=gen)[:per_view].to(flat.device)].cpu())
+            feats = torch.cat(samples)
+            labels = cluster_gaussian_features(feats, min_cluster_size=self.config.cluster_min_size)
+            centres = cluster_centres(feats, labels)
+            if len(centres) == 0:  # HDBSCAN called everything noise: one segment
+                centres = F.normalize(feats.mean(0, keepdim=True), dim=-1).numpy()
+            self._cluster_centres = torch.as_tensor(centres, dtype=torch.float32).to(self.device)
+        return self._cluster_centres
+
+    @torch.no_grad()
+    def gaussian_instance_ids(self) -> torch.Tensor:
+        """[N] instance id of every Gaussian (its own feature read out like a pixel's)."""
+        feats = self.gauss_params["features_sem"].detach()
+        if self.config.inference == "cluster":
+            return assign_pixels(feats[None], self._centres().to(feats.device))[0]
+        return self.codebook.instance_ids(feats)
+
+    def instance_language(self) -> torch.Tensor:
+        """[L, D] unit language embedding per codebook id (zero for ids never seen with a cue)."""
+        mean = self.language_sum / self.language_weight.clamp_min(1e-8)[:, None]
+        return F.normalize(mean, dim=-1) * (self.language_weight > 0)[:, None]
+
+    def language_features(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Text queries select whole instances: every pixel carries its instance's language embedding."""
+        return self.instance_language()[self.predict_instances(outputs)]
+
+    @torch.no_grad()
+    def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, torch.Tensor]:
+        outputs = UnisemSplatModel.get_outputs_for_camera(self, camera, obb_box=obb_box)
+        ids = self.instance_map(outputs["features"])
+        outputs["instances"] = ids
+        colours = palette(self.config.codebook_size).to(ids.device)
+        outputs["instance_colors"] = colours[ids]
+        if self.selected_instance is not None:
+            hit = (ids == self.selected_instance)[..., None]
+            tint = torch.tensor(HIGHLIGHT_COLOR, device=ids.device)
+            outputs["instance_highlight"] = torch.where(hit, 0.4 * outputs["rgb"] + 0.6 * tint, 0.5 * outputs["rgb"])
+        if self.has_language and (self.query_field.has_queries() or self.query_field.has_labels()):
+            outputs.update(self.query_field.query_outputs(self.language_features(outputs), outputs["rgb"]))
+        return outputs
+
+    # ------------------------------------------------------------------------------------------- viewer click
+
+    def _arm_click(self, button) -> None:
+        self.viewer_control.register_pointer_cb("click", self._on_click)
+
+    def _on_click(self, click) -> None:
+        self.selected_instance = self.instance_along_ray(
+            torch.tensor(click.origin, dtype=torch.float32), torch.tensor(click.direction, dtype=torch.float32)
+        )
+        print(f"unified-lift: selected instance {self.selected_instance}; shown in the 'instance_highlight' output")
+
+    @torch.no_grad()
+    def instance_along_ray(self, origin: torch.Tensor, direction: torch.Tensor) -> int:
+        """Instance id of the surface hit by a world-space ray (Nerfstudio's scaled frame): the ray is rendered
+        as the centre pixel of a tiny 3x3 pinhole camera, so it composites exactly like an image pixel."""
+        forward = F.normalize(direction.float(), dim=0)
+        up = torch.tensor([0.0, 0.0, 1.0]) if abs(float(forward[2])) < 0.9 else torch.tensor([0.0, 1.0, 0.0])
+        right = F.normalize(torch.linalg.cross(forward, up), dim=0)
+        true_up = torch.linalg.cross(right, forward)
+        # OpenGL camera axes (Nerfstudio): x right, y up, z backward.
+        c2w = torch.stack([right, true_up, -forward, origin.float()], dim=1)[None]
+        camera = Cameras(camera_to_worlds=c2w, fx=300.0, fy=300.0, cx=1.5, cy=1.5, width=3, height=3,
+                         camera_type=CameraType.PERSPECTIVE).to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            outputs = UnisemSplatModel.get_outputs_for_camera(self, camera)
+        finally:
+            self.train(was_training)
+        return int(self.instance_map(outputs["features"])[1, 1])
+
+    # ------------------------------------------------------------------------------------------- evaluation
+
+    def get_image_metrics_and_images(self, outputs, batch) -> Tuple[Dict[str, float], Dict[str, torch.Tensor]]:
+        metrics, images = super().get_image_metrics_and_images(outputs, batch)
+        ids = self.predict_instances(outputs)
+        colours = palette(self.config.codebook_size).to(ids.device)
+        if "gt_instance" in batch:
+            gt = batch["gt_instance"].to(ids.device)
+            gt_colours = palette(int(gt.max()) + 1).to(ids.device)
+            images["instances"] = torch.cat([gt_colours[gt], colours[ids]], dim=1)
+            if self.panoptic is not None:
+                self.panoptic.update(ids, gt)
+        else:
+            images["instances"] = colours[ids]
+        return metrics, images
+
+    def export_ply(self, path) -> None:
+        """Every Gaussian's centre, instance id and (when the scene has language cues) class to a PLY."""
+        ids = self.gaussian_instance_ids().cpu()
+        classes = None
+        if self.has_language and self.eval_labels:
+            per_instance = self.query_field.classify(self.instance_language(), self.eval_labels) + 1
+            seen = self.language_weight > 0
+            per_instance = torch.where(seen, per_instance, torch.full_like(per_instance, -1)).cpu()
+            classes = per_instance[ids]
+        export_instance_ply(path, self.gauss_params["means"].detach().cpu(), ids, classes, None,
+                            class_names=self.class_names or None)
+
+
+# ------------------------------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class UnifiedLiftPipelineConfig(VanillaPipelineConfig):
+    _target: Type = field(default_factory=lambda: UnifiedLiftPipeline)
+
+
+class UnifiedLiftPipeline(VanillaPipeline):
+    """VanillaPipeline whose eval over all images adds scene-level PQ/SQ/RQ: instance ids must agree across views
+    because the frames are pooled into one panoptic evaluation (Contrastive Lift / Panoptic Lifting protocol)."""
+
+    def __init__(self, config, device, *args, **kwargs):
+        super().__init__(config, device, *args, **kwargs)
+        # The clustering baseline samples rendered features from the training views.
+        self.model.__dict__["train_cameras"] = self.datamanager.train_dataset.cameras
+
+    @torch.no_grad()
+    def get_average_eval_image_metrics(self, step: Optional[int] = None, output_path=None, get_std: bool = False):
+        self.model.panoptic = PanopticAccumulator(void_id=0, void="drop")
+        try:
+            metrics = super().get_average_eval_image_metrics(step=step, output_path=output_path, get_std=get_std)
+            if self.model.panoptic.pairs:
+                pq = self.model.panoptic.compute()
+                metrics.update({"pq_scene": pq["pq"], "sq_scene": pq["sq"], "rq_scene": pq["rq"]})
+        finally:
+            self.model.panoptic = None
+        return metrics
