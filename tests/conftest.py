@@ -85,3 +85,21 @@ def runs(tiny_scene, tmp_path_factory):
     # Nerfstudio counts --max-num-iterations from the loaded step: 200 more after step 199.
     resumed = train(tiny_scene, out, "resumed", 200, "--load-dir", str(first / "nerfstudio_models"))
     return {"untrained": untrained, "first": first, "resumed": resumed}
+
+
+def make_cue_scene(out: Path, seed: int, views: int, corruption: str = "default") -> Path:
+    """A synthetic room at 64x48 with simulated CLIP + SAM cues (MiniLM space, seed 0), for the semantic methods."""
+    from unisem_ns.cues.simulator import CueCorruption, simulate_cues
+    from unisem_ns.data.synthetic_scene import generate_scene
+    from unisem_ns.language.encoders import make_text_encoder
+
+    generate_scene(out, seed=seed, views=views, width=64, height=48, progress=False)
+    simulate_cues(out, make_text_encoder("minilm"), CueCorruption.preset(corruption), seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def room_with_cues(tmp_path_factory) -> Path:
+    """Seed-0 room (two sofas), 32 views at 64x48, default-corruption cues; shared by the semantic methods' tests
+    (econSG writes its cache into econsg/ inside it, which no other test reads)."""
+    return make_cue_scene(tmp_path_factory.mktemp("room") / "scene", seed=0, views=32)

@@ -12,21 +12,14 @@ import pytest
 from conftest import ns_bin, run_cli
 
 pytest.importorskip("nerfstudio")
+from test_viewer import check_viewer_shows_the_scene, needs_chromium  # noqa: E402
 
 ITERS = 400
 
 
 @pytest.fixture(scope="session")
-def econ_scene(tmp_path_factory) -> Path:
-    """Seed-0 room (two sofas) at 64x48 with simulated cues at the default corruption."""
-    from unisem_ns.cues.simulator import CueCorruption, simulate_cues
-    from unisem_ns.data.synthetic_scene import generate_scene
-    from unisem_ns.language.encoders import make_text_encoder
-
-    scene = tmp_path_factory.mktemp("econsg") / "scene"
-    generate_scene(scene, seed=0, views=24, width=64, height=48, progress=False)
-    simulate_cues(scene, make_text_encoder("minilm"), CueCorruption.preset("default"), seed=0, progress=False)
-    return scene
+def econ_scene(room_with_cues) -> Path:
+    return room_with_cues
 
 
 def _train(scene: Path, out: Path, name: str, *extra: str) -> Path:
@@ -96,3 +89,8 @@ def test_no_ae_ablation_renders_full_dim_features(econ_scene, tmp_path):
     ckpt = sorted((run / "nerfstudio_models").glob("*.ckpt"))[-1]
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["pipeline"]
     assert state["_model.gauss_params.features_sem"].shape[1] == 384
+
+
+@needs_chromium
+def test_viewer_shows_the_run(tmp_path, econ_run):
+    check_viewer_shows_the_scene(econ_run / "config.yml", tmp_path, "viewer_econsg.png")

@@ -15,16 +15,8 @@ pytest.importorskip("nerfstudio")
 
 
 @pytest.fixture(scope="session")
-def cue_scene(tmp_path_factory) -> Path:
-    """Seed-0 room (two sofas) at 64x48 with simulated cues at the default corruption."""
-    from unisem_ns.cues.simulator import CueCorruption, simulate_cues
-    from unisem_ns.data.synthetic_scene import generate_scene
-    from unisem_ns.language.encoders import make_text_encoder
-
-    scene = tmp_path_factory.mktemp("semantic") / "scene"
-    generate_scene(scene, seed=0, views=32, width=64, height=48, progress=False)
-    simulate_cues(scene, make_text_encoder("minilm"), CueCorruption.preset("default"), seed=0, progress=False)
-    return scene
+def cue_scene(room_with_cues) -> Path:
+    return room_with_cues
 
 
 @pytest.fixture(scope="session")

@@ -50,13 +50,24 @@ def screenshot(url: str, out: Path, budget_ms: int) -> subprocess.CompletedProce
         )
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")), reason="Debian's chromium is not installed (.ci/setup installs it)")
+needs_chromium = pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")),
+    reason="Debian's chromium is not installed (.ci/setup installs it)",
+)
+
+
+@needs_chromium
 def test_viewer_serves_a_rendered_frame_to_a_browser(runs, tmp_path):
+    check_viewer_shows_the_scene(runs["resumed"] / "config.yml", tmp_path)
+
+
+def check_viewer_shows_the_scene(config: Path, tmp_path: Path, name: str = "viewer.png") -> None:
+    """ns-viewer on 127.0.0.1 with ``config``; a headless browser's screenshot shows a rendered scene."""
     port = free_port()
     log = tmp_path / "viewer.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(
-            [ns_bin("ns-viewer"), "--load-config", str(runs["resumed"] / "config.yml"),
+            [ns_bin("ns-viewer"), "--load-config", str(config),
              "--viewer.websocket-host", "127.0.0.1", "--viewer.websocket-port", str(port)],
             stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
@@ -76,7 +87,7 @@ def test_viewer_serves_a_rendered_frame_to_a_browser(runs, tmp_path):
         canvas = img[100:600, 50:500]
         assert canvas.std() > 10 and np.unique(canvas.reshape(-1, 3), axis=0).shape[0] > 100
         if os.environ.get("UNISEM_TEST_ARTIFACTS"):  # keep the screenshot for a person to look at
-            shutil.copy(png, Path(os.environ["UNISEM_TEST_ARTIFACTS"]) / "viewer.png")
+            shutil.copy(png, Path(os.environ["UNISEM_TEST_ARTIFACTS"]) / name)
     finally:
         proc.terminate()
         try:
