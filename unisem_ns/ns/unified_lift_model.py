@@ -92,6 +92,10 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     start lets features separate first, so each object's best-matching code is the same in every view. [R]"""
     stop_split_at: int = 10000
     """Densify until this step (Unified-Lift: 10k)."""
+    feature_init_scale: float = 1.0
+    """Multiplies the initial per-Gaussian features RGB2SH(U[0,1)) (entries up to +-1.77; 1.0 = the paper). With
+    short CPU schedules the features barely leave this random init at the paper's lr; a smaller value lets the
+    contrastive loss shape them sooner. [R]"""
 
 
 class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
@@ -101,8 +105,11 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
     def populate_modules(self):
         super().populate_modules()
         n = self.gauss_params["means"].shape[0]
-        # Unified-Lift initialises object features as RGB2SH(U[0,1)): centred, small.
-        self.gauss_params["features_sem"].data = (torch.rand(n, self.config.feature_dim) - 0.5) / 0.28209479177387814
+        # Unified-Lift initialises object features as RGB2SH(U[0,1)) = (u - 0.5) / C0: centred but NOT small
+        # (entries up to +-1.77, rendered norm well above 1); feature_init_scale shrinks it for short schedules.
+        self.gauss_params["features_sem"].data = (
+            self.config.feature_init_scale * (torch.rand(n, self.config.feature_dim) - 0.5) / 0.28209479177387814
+        )
         self.codebook = Codebook(self.config.codebook_size, self.config.feature_dim)
         self._generator = torch.Generator().manual_seed(0)
         metadata = self.kwargs.get("metadata", {}) or {}
