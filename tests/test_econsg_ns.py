@@ -94,3 +94,26 @@ def test_no_ae_ablation_renders_full_dim_features(econ_scene, tmp_path):
 @needs_chromium
 def test_viewer_shows_the_run(tmp_path, econ_run):
     check_viewer_shows_the_scene(econ_run / "config.yml", tmp_path, "viewer_econsg.png")
+
+
+def test_scene_without_depth_uses_depth_rendered_by_an_rgb_run(runs, tiny_scene, tmp_path):
+    """No depths/: --pipeline.datamanager.depth-from takes a unisem-splat run's rendered depth for the fusion."""
+    from conftest import copy_scene
+    from unisem_ns.cues.simulator import CueCorruption, simulate_cues
+    from unisem_ns.language.encoders import make_text_encoder
+
+    scene = copy_scene(tiny_scene, tmp_path / "nodepth")
+    meta = json.loads((scene / "transforms.json").read_text())
+    for frame in meta["frames"]:
+        frame.pop("depth_file_path", None)
+    (scene / "transforms.json").write_text(json.dumps(meta))
+    simulate_cues(scene, make_text_encoder("minilm"), CueCorruption.preset("default"), seed=0, progress=False)
+    # Without depth and without a run to render it, the preparation says what to do.
+    proc = run_cli([ns_bin("ns-train"), "econsg", "--data", str(scene), "--output-dir", str(tmp_path / "o"),
+                    "--max-num-iterations", "1", "--vis", "tensorboard"])
+    assert proc.returncode != 0 and "depth" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    run = _train(scene, tmp_path / "o", "rendered", "--pipeline.datamanager.depth-from",
+                 str(runs["first"] / "config.yml"), "--max-num-iterations", "5")
+    (folder,) = (scene / "econsg").glob("d6-*")
+    summary = json.loads((folder / "manifest.json").read_text())["summary"]
+    assert summary["points"] > 500 and (run / "config.yml").exists()
