@@ -15,7 +15,7 @@ Kept free of datamanager imports, like ``unisem_ns.ns.dataparser``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Tuple, Type
 
@@ -43,7 +43,6 @@ class RealDataParser(UnisemDataParser):
 
     config: Any
     _converter: Callable[..., Path]
-    _converter_cfg: type
     _what: str = "dataset"
 
     def converted_scene(self) -> Path:
@@ -54,7 +53,7 @@ class RealDataParser(UnisemDataParser):
         src = self.config.data
         if src is None:
             raise exit_on_input_error(InputError(f"no --data given; pass the {self._what} folder with --data DIR"))
-        cfg = self._converter_cfg(**{f.name: getattr(self.config, f.name) for f in fields(self._converter_cfg)})
+        cfg = self.config.convert
         dst = Path(self.config.cache_dir) if self.config.cache_dir is not None else None
         try:
             scene = type(self)._converter(Path(src), dst, cfg, force=self.config.reconvert)
@@ -75,19 +74,16 @@ class RealDataParser(UnisemDataParser):
 
 class ReplicaDataParser(RealDataParser):
     _converter = staticmethod(convert_replica)
-    _converter_cfg = ReplicaConfig
     _what = "Replica sequence (Semantic-NeRF layout: traj_w_c.txt, rgb/, depth/, semantic_class/)"
 
 
 class ScanNetDataParser(RealDataParser):
     _converter = staticmethod(convert_scannet)
-    _converter_cfg = ScanNetConfig
     _what = "ScanNet scene (SensReader export: color/ depth/ pose/ intrinsic/, or an LSM/Uni3R test scene)"
 
 
 class ColmapSceneDataParser(RealDataParser):
     _converter = staticmethod(convert_colmap_scene)
-    _converter_cfg = ColmapSceneConfig
     _what = "COLMAP scene (images/ + sparse/0, Gaussian-Grouping / LERF-Mask layout)"
 
 
@@ -103,33 +99,8 @@ class ReplicaDataParserConfig(UnisemDataParserConfig):
     """Where the converted scene goes (default: <data>/unisem)."""
     reconvert: bool = False
     """Convert again even when the cached conversion is current."""
-    frame_step: int = 1
-    """Keep every k-th frame (with split 'semantic-nerf': Semantic-NeRF's step, 5 in the paper)."""
-    max_frames: Optional[int] = None
-    """Keep at most this many frames, spread evenly over the sequence (None: all selected)."""
-    split: Literal["interval", "semantic-nerf", "none"] = "interval"
-    """'interval': every test-interval-th kept frame is test; 'semantic-nerf': train 0,k,2k,... test +k//2."""
-    test_interval: int = 8
-    """With split 'interval': kept frame number j is a test frame when j % test_interval == 0."""
-    image_downscale: int = 1
-    """Downscale images, depth and labels at conversion (2: 640x480 -> 320x240); not --downscale-factor."""
-    hfov_deg: float = 90.0
-    """Horizontal field of view of the Replica renders (Semantic-NeRF: 90)."""
-    principal_point: Optional[Tuple[float, float]] = None
-    """(cx, cy) at the source resolution, pixel centres at +0.5 (default: the image centre W/2, H/2)."""
-    depth_scale: float = 1000.0
-    """Depth PNG units per metre (Semantic-NeRF: 1000)."""
-    class_names: Optional[Path] = None
-    """Class-name file: JSON list, Replica info_semantic.json, {id: name} JSON or one name per line
-    (default: an info_semantic.json next to or above the sequence, else class_<id>)."""
-    compact_classes: bool = True
-    """Renumber the class ids present in the converted frames to 1..K (else keep the raw ids)."""
-    labels: bool = True
-    """Convert semantic_class/ and semantic_instance/ into gt/ when present."""
-    seed_points: int = 50000
-    """Points in sparse_pc.ply back-projected from the train frames' depth (0: none)."""
-    link_mode: Literal["symlink", "hardlink", "copy"] = "symlink"
-    """How unchanged source images reach the converted scene."""
+    convert: ReplicaConfig = field(default_factory=ReplicaConfig)
+    """Converter options (frames, split, resize, labels, links): ``--convert.<option>``."""
 
 
 @dataclass
@@ -144,36 +115,8 @@ class ScanNetDataParserConfig(UnisemDataParserConfig):
     """Where the converted scene goes (default: <data>/unisem)."""
     reconvert: bool = False
     """Convert again even when the cached conversion is current."""
-    label_map: Optional[Path] = None
-    """scannetv2-labels.combined.tsv (default: found in the scene folder or up to two folders above)."""
-    label_set: Optional[Literal["scannet20", "lsm8", "nyu40"]] = None
-    """Label set of the GT: scannet20 | lsm8 | nyu40 (default: scannet20; lsm8 for the LSM test layout)."""
-    labels: bool = True
-    """Convert label-filt/ and instance-filt/ (labels/ in the LSM layout) into gt/ when present."""
-    frame_step: int = 10
-    """Keep every k-th frame (ScanNet is 30 fps video; with split 'semantic-nerf': its step)."""
-    max_frames: Optional[int] = None
-    """Keep at most this many frames, spread evenly over the sequence (None: all selected)."""
-    split: Literal["interval", "semantic-nerf", "none"] = "interval"
-    """'interval': every test-interval-th kept frame is test; 'semantic-nerf': train 0,k,2k,... test +k//2."""
-    test_interval: int = 8
-    """With split 'interval': kept frame number j is a test frame when j % test_interval == 0."""
-    resize_to: Literal["depth", "color"] = "depth"
-    """Output size: the depth size (colour and labels resized) or the colour size (depth resized)."""
-    image_downscale: int = 1
-    """Further downscale of the output size at conversion; not --downscale-factor."""
-    invalid_poses: Literal["skip", "error"] = "skip"
-    """Frames whose pose holds -inf/nan (lost tracking): skip them with a warning, or fail."""
-    seed_points: int = 50000
-    """Points in sparse_pc.ply back-projected from the train frames' depth (0: none)."""
-    link_mode: Literal["symlink", "hardlink", "copy"] = "symlink"
-    """How unchanged source files reach the converted scene."""
-    layout: Literal["auto", "sensreader", "lsm-test"] = "auto"
-    """Source layout: SensReader export or an LSM/Uni3R test scene (auto: detected)."""
-    lsm_llff_hold: int = 8
-    """LSM test layout: test views are positions i with i % lsm-llff-hold in lsm-test-ids."""
-    lsm_test_ids: Tuple[int, ...] = (1, 4)
-    """LSM test layout: see lsm-llff-hold (Uni3R's defaults: 8 and 1 4)."""
+    convert: ScanNetConfig = field(default_factory=ScanNetConfig)
+    """Converter options (frames, split, resize, labels, links): ``--convert.<option>``."""
 
 
 @dataclass
@@ -188,18 +131,8 @@ class ColmapSceneDataParserConfig(UnisemDataParserConfig):
     """Where the converted scene goes (default: <data>/unisem)."""
     reconvert: bool = False
     """Convert again even when the cached conversion is current."""
-    images_dir: str = "images"
-    """Image folder inside the scene (e.g. images_2; intrinsics follow the actual image size)."""
-    image_downscale: int = 1
-    """Downscale images, object masks and query masks at conversion; not --downscale-factor."""
-    keep_original_world_coordinate: bool = False
-    """Keep COLMAP's world axes (else re-axed like ns-process-data, recorded as applied_transform)."""
-    split: Literal["auto", "images_train", "transforms", "test_mask", "llffhold", "none"] = "auto"
-    """Train/test rule (auto: images_train/, then transforms.json lists, then test_mask stems, then llffhold)."""
-    llffhold: int = 8
-    """With the llffhold rule: image number i (name order) is test when i % llffhold == 0."""
-    link_mode: Literal["symlink", "hardlink", "copy"] = "symlink"
-    """How unchanged source files reach the converted scene."""
+    convert: ColmapSceneConfig = field(default_factory=ColmapSceneConfig)
+    """Converter options (frames, split, resize, labels, links): ``--convert.<option>``."""
 
 
 replica_dataparser = DataParserSpecification(
