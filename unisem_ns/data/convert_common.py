@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from unisem_ns.data.scene_io import InputError
+from unisem_ns.utils.atomic import publish_dir
 
 __all__ = [
     "MANIFEST_NAME",
@@ -219,22 +220,7 @@ def run_cached(
             "summary": _jsonable(p.summary),
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        if is_conversion_current(dst, key):  # another process finished first
-            return dst
-        if dst.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.trash-", dir=parent))
-            try:
-                os.rename(dst, trash / "old")
-            except FileNotFoundError:
-                pass
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, dst)
-        except OSError:
-            if is_conversion_current(dst, key):
-                return dst
-            raise
-        return dst
+        return publish_dir(tmp, dst, lambda d: is_conversion_current(d, key))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from unisem_ns.data.synthetic_scene import GENERATOR_VERSION, generate_scene
+from unisem_ns.utils.atomic import publish_dir
 
 __all__ = ["DEFAULT_SCENE_KWARGS", "DEFAULT_SCENE_NAME", "CACHE_ENV", "cache_root", "default_scene_dir"]
 
@@ -75,23 +76,7 @@ def default_scene_dir(cache_dir: Path | None = None, *, progress: bool = True) -
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         _log.info("generating the default synthetic scene into %s (one-time)", final)
         generate_scene(tmp, progress=progress, **DEFAULT_SCENE_KWARGS)
-        if _is_complete(final):  # another process finished first
-            return final
-        if final.exists():
-            # Not produced by us (we only ever rename complete folders into place): move it aside.
-            trash = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_SCENE_NAME}.trash-", dir=parent))
-            try:
-                os.rename(final, trash / "old")
-            except FileNotFoundError:
-                pass
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, final)  # atomic; fails if a non-empty `final` appeared meanwhile
-        except OSError:
-            if _is_complete(final):
-                return final
-            raise
-        return final
+        return publish_dir(tmp, final, _is_complete)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

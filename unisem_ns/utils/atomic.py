@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -69,3 +70,27 @@ def remove_stale_temps(folder: Path) -> None:
                 p.unlink()
             except OSError:
                 pass
+
+
+def publish_dir(tmp: Path, final: Path, is_complete: Callable[[Path], bool]) -> Path:
+    """Move a fully written folder ``tmp`` to ``final`` atomically and return ``final``.
+
+    If another process already published a complete ``final``, that one wins and ``tmp`` is left for the caller
+    to delete. An incomplete ``final`` (never produced by a publish) is moved aside and removed first.
+    """
+    if is_complete(final):
+        return final
+    if final.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.trash-", dir=final.parent))
+        try:
+            os.rename(final, trash / "old")
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(tmp, final)  # atomic; fails if a non-empty `final` appeared meanwhile
+    except OSError:
+        if is_complete(final):
+            return final
+        raise
+    return final
