@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import time
@@ -79,6 +80,8 @@ def main() -> None:
     ap.add_argument("--pose-align-steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--corpus", type=Path, default=None)
+    ap.add_argument("--lift-row", type=int, default=1,
+                    help="1: also score the base model with its semantic head zeroed (context cues lifted on its geometry)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "feedforward.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -109,6 +112,14 @@ def main() -> None:
         runs[name] = {"train_s": train_s, "train_s_per_step": train_s / args.steps,
                       "eval_s": time.perf_counter() - t1, "results": res,
                       "egd": vars(cfg.egd) | {"apply_to": list(cfg.egd.apply_to)}, "mtc": vars(cfg.mtc)}
+        if name == "base" and args.lift_row:
+            lifted = copy.deepcopy(model)
+            lifted.drop_semantic_head()
+            log("[base, lifted cue only] semantic head zeroed")
+            t1 = time.perf_counter()
+            res = evaluate_scenes(lifted, test_scenes, ev, encoder, const_depth, log=log)
+            runs["base, lifted cue only"] = {"train_s": train_s, "train_s_per_step": train_s / args.steps,
+                                             "eval_s": time.perf_counter() - t1, "results": res, "lifted_only": True}
     out = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                     "threads": args.threads, "cuda": torch.cuda.is_available()},

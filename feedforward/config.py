@@ -50,12 +50,23 @@ class PredictorConfig:
     scale_multiplier: float = 0.5
     """Gaussian scale = exp(s) * multiplier * nn-dist. [R] Uni3R uses 0.0025 with distCUDA2; our nn-dist is the mean
     distance to the 4 grid neighbours in the predicted pointmap, for which ~half the spacing covers a pixel."""
+    nn_distance: Literal["min", "mean4"] = "min"
+    """[R] Pixel spacing the scale is relative to: 'min' = distance to the nearest of the 4 grid neighbours in the
+    predicted pointmap, 'mean4' = their mean. distCUDA2 (3 nearest neighbours in 3D) never measures across a depth
+    edge; 'mean4' does, so edge Gaussians grow to the clamp and smear objects over their surroundings. Measured
+    with GT geometry on 8 held-out 2-view sets: a target rendered from the context views' GT labels is 93 % correct
+    with 'min' against 67 % with 'mean4' (PSNR 24.7 vs 19.6 dB)."""
     scale_min_ratio: float = 0.1
     """Lower clamp of the scale, times the view's median nn-dist [C: Uni3R 0.1]."""
     scale_max_ratio: float = 3.0
     """Upper clamp of the scale, times the view's median nn-dist [C: Uni3R 3]."""
     init_depth: float = 2.5
     """Depth the untrained head puts every point at (bias of the point channels), metres."""
+    semantic_residual: bool = True
+    """[R] Zero-initialise the semantic channels of the head's last layer, so an untrained model's per-Gaussian
+    latent is exactly the reduced 2D cue of its pixel (the render at a target = the context cues lifted on the
+    predicted geometry) and the head learns a residual on top. Uni3R's head starts random; at CPU scale a random
+    residual drowns the cue for the whole (short) training."""
     expansion_downsample: float = 1.0
     """Bilinear factor before the 1x1 feature expansion (Uni3R: 0.5 at 256 px; 1.0 at our 64 px)."""
 

@@ -96,8 +96,9 @@ def head_channels(sem_dim: int, sh_degree: int) -> Dict[str, int]:
     return {"pts": 3, "conf": 1, "scale": 3, "rot": 4, "opacity": 1, "sh": 3 * (sh_degree + 1) ** 2, "sem": sem_dim}
 
 
-def grid_nn_distance(pts: Tensor) -> Tensor:
-    """Mean distance of each pixel's point to its 4 grid neighbours (edge pixels use the ones they have).
+def grid_nn_distance(pts: Tensor, mode: str = "mean4") -> Tensor:
+    """Distance of each pixel's point to its 4 grid neighbours (edge pixels use the ones they have): their mean
+    (``mode='mean4'``) or the nearest one (``'min'``, which does not jump across depth edges).
 
     Args:
         pts: [..., H, W, 3] pointmap.
@@ -106,6 +107,15 @@ def grid_nn_distance(pts: Tensor) -> Tensor:
     """
     dx = (pts[..., :, 1:, :] - pts[..., :, :-1, :]).norm(dim=-1)  # [..., H, W-1]
     dy = (pts[..., 1:, :, :] - pts[..., :-1, :, :]).norm(dim=-1)  # [..., H-1, W]
+    if mode == "min":
+        best = torch.full_like(pts[..., 0], float("inf"))
+        best[..., :, 1:] = torch.minimum(best[..., :, 1:], dx)
+        best[..., :, :-1] = torch.minimum(best[..., :, :-1], dx)
+        best[..., 1:, :] = torch.minimum(best[..., 1:, :], dy)
+        best[..., :-1, :] = torch.minimum(best[..., :-1, :], dy)
+        return best
+    if mode != "mean4":
+        raise ValueError(f"grid_nn_distance: unknown mode {mode!r} (min | mean4)")
     total = torch.zeros_like(pts[..., 0])
     count = torch.zeros_like(total)
     total[..., :, 1:] += dx
@@ -155,7 +165,7 @@ def gaussians_from_head(raw: Tensor, images: Tensor, cfg, rays: Tensor = None) -
     d = xyz.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     means = xyz / d * torch.expm1(d)  # DUSt3R's 'exp' depth mode
     conf = 1.0 + torch.exp(to_last(parts["conf"])[..., 0])
-    nn_dist = grid_nn_distance(means.detach())  # [B, V, H, W]
+    nn_dist = grid_nn_distance(means.detach(), cfg.nn_distance)  # [B, V, H, W]
     med = nn_dist.flatten(2).median(dim=-1).values[..., None, None].clamp_min(1e-6)  # [B, V, 1, 1]
     s = to_last(parts["scale"]).clamp(max=10.0)
     scales = torch.exp(s) * cfg.scale_multiplier * nn_dist[..., None]
@@ -174,9 +184,10 @@ def gaussians_from_head(raw: Tensor, images: Tensor, cfg, rays: Tensor = None) -
             "sem": to_last(parts["sem"])}
 
 
-def init_head_bias(last: nn.Conv2d, sem_dim: int, sh_degree: int) -> None:
+def init_head_bias(last: nn.Conv2d, sem_dim: int, sh_degree: int, zero_semantic: bool = False) -> None:
     """Start near the depth prior of :func:`gaussians_from_head`, identity rotations, opacity 0.5 and the input
-    colour: small weights, zero biases except the rotation's w."""
+    colour: small weights, zero biases except the rotation's w; ``zero_semantic`` also zeroes the semantic
+    channels' weights (the latent starts as the lifted cue alone)."""
     chans = head_channels(sem_dim, sh_degree)
     with torch.no_grad():
         last.weight.mul_(0.1)
@@ -185,4 +196,6 @@ def init_head_bias(last: nn.Conv2d, sem_dim: int, sh_degree: int) -> None:
         for name, n in chans.items():
             if name == "rot":
                 last.bias[start] = 1.0
+            if name == "sem" and zero_semantic:
+                last.weight[start:start + n].zero_()
             start += n

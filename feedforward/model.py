@@ -182,7 +182,8 @@ class UniSemPredictor(nn.Module):
         self.feature_expansion = nn.Conv2d(cfg.sem_dim, cfg.cue_dim, 1, bias=False)
         self.feature_reduction = nn.Conv2d(cfg.cue_dim, cfg.sem_dim, 1) if cfg.semantic_input == "cue" else None
         self.apply(self._init)
-        init_head_bias(self.head.dpt.head[-1], cfg.sem_dim, cfg.sh_degree)
+        init_head_bias(self.head.dpt.head[-1], cfg.sem_dim, cfg.sh_degree,
+                       zero_semantic=cfg.semantic_residual and self.feature_reduction is not None)
         self._tie_semantic_maps()
 
     def _tie_semantic_maps(self) -> None:
@@ -307,6 +308,17 @@ class UniSemPredictor(nn.Module):
             red = self.feature_reduction(sem_input.reshape(b * v, hh, ww, -1).permute(0, 3, 1, 2))
             g["sem"] = g["sem"] + red.permute(0, 2, 3, 1).reshape(b, v, hh, ww, -1)
         return g
+
+    @torch.no_grad()
+    def drop_semantic_head(self) -> None:
+        """Zero the head's semantic channels, so the latent is the reduced 2D cue alone (the "lifted cue" ablation:
+        context cues splatted on this model's geometry)."""
+        last = self.head.dpt.head[-1]
+        chans = head_channels(self.cfg.sem_dim, self.cfg.sh_degree)
+        names = list(chans)
+        start = sum(chans[k] for k in names[: names.index("sem")])
+        last.weight[start:start + self.cfg.sem_dim].zero_()
+        last.bias[start:start + self.cfg.sem_dim].zero_()
 
     def expand_features(self, feat: Tensor) -> Tensor:
         """Rendered latent [C, H, W, sem_dim] -> cue-space features [C, H', W', cue_dim] (not normalised)."""

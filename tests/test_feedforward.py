@@ -495,3 +495,37 @@ def test_semantic_subspace_init_passes_cues_through():
     x = (torch.randn(3, 5) @ basis.T)[:, :, None, None]
     back = m.feature_expansion(m.feature_reduction(x))
     assert torch.allclose(back, x, atol=1e-4)
+
+
+def test_untrained_latent_is_the_lifted_cue():
+    """semantic_residual: at init the per-Gaussian latent is exactly the reduced 2D cue (the head adds nothing);
+    drop_semantic_head restores that after training."""
+    torch.manual_seed(0)
+    m = UniSemPredictor(TINY)
+    x = torch.rand(1, 2, 3, 48, 64)
+    sem = torch.randn(1, 2, 48, 64, 384)
+    red = m.feature_reduction(sem.reshape(2, 48, 64, 384).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    assert torch.allclose(m(x, None, sem)["sem"][0], red, atol=1e-6)
+    off = UniSemPredictor(PredictorConfig(**{**vars(TINY), "semantic_residual": False}))
+    assert not torch.allclose(off(x, None, sem)["sem"][0], off.feature_reduction(
+        sem.reshape(2, 48, 64, 384).permute(0, 3, 1, 2)).permute(0, 2, 3, 1), atol=1e-6)
+    with torch.no_grad():
+        off.head.dpt.head[-1].bias.add_(0.3)
+    off.drop_semantic_head()
+    red = off.feature_reduction(sem.reshape(2, 48, 64, 384).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    assert torch.allclose(off(x, None, sem)["sem"][0], red, atol=1e-6)
+
+
+def test_nn_distance_min_does_not_cross_depth_edges():
+    """A fronto-parallel plane with a step: 'min' spacing is the same on both sides of the edge, 'mean4' jumps."""
+    from feedforward.heads import grid_nn_distance
+
+    K = _K(16, 12, 12.0)
+    depth = torch.full((12, 16), 2.0)
+    depth[:, 8:] = 4.0
+    pts = unproject_depth(depth, K, torch.eye(4))
+    mn, mean = grid_nn_distance(pts, "min"), grid_nn_distance(pts, "mean4")
+    spacing = 2.0 / 12.0
+    assert torch.allclose(mn[:, :8], torch.full((12, 8), spacing), rtol=1e-4)
+    assert mean[:, 7].min() > 2 * spacing  # the edge column sees the 2 m jump
+    assert mn[:, 7].max() < 1.01 * spacing
