@@ -389,3 +389,32 @@ def test_instance_ply_round_trip(tmp_path):
     assert (ply2.class_ids == -1).all() and ply2.class_names == {}
     with pytest.raises(ValueError):
         export_instance_ply(tmp_path / "c.ply", means, inst[:10])
+
+
+def test_small_view_scales_min_pixels():
+    # A 24x24 view is used whole (576 of the code's 32768-pixel batch): a 12-pixel mask is ~2% of it, far above
+    # the code's 20/32768 share, so with the relative rule it gets a prototype; with the absolute 20 it does not.
+    ids = torch.zeros(24, 24, dtype=torch.long)
+    ids[:12] = 1
+    ids[12:] = 2
+    ids[0, :12] = 3  # 12 pixels
+    feats = torch.randn(24, 24, 16, generator=torch.Generator().manual_seed(0))
+    rel = unified_lift_losses(feats, ids, None, UnifiedLiftLossConfig(use_codebook=False))
+    absolute = unified_lift_losses(feats, ids, None, UnifiedLiftLossConfig(use_codebook=False, min_pixels_relative=False))
+    assert int(rel["metrics"]["num_masks"]) == 3
+    assert int(absolute["metrics"]["num_masks"]) == 2
+
+
+def test_instance_ids_over_live_codes():
+    cb = Codebook(8, 4)
+    with torch.no_grad():
+        cb.code.zero_()
+        cb.code[2] = torch.tensor([1.0, 0, 0, 0])
+        cb.code[5] = torch.tensor([0, 1.0, 0, 0])
+        cb.code[7] = torch.tensor([2.0, 0, 0, 0])  # a stray entry that would win every x-ward pixel
+    f = torch.tensor([[1.0, 0.2, 0, 0], [0.1, 1.0, 0, 0]])
+    assert cb.instance_ids(f).tolist() == [7, 5]
+    live = torch.zeros(8, dtype=torch.bool)
+    live[[2, 5]] = True
+    assert cb.instance_ids(f, live).tolist() == [2, 5]
+    assert cb.instance_ids(f, torch.zeros(8, dtype=torch.bool)).tolist() == [7, 5]  # none live: all compete

@@ -28,8 +28,7 @@ def lift_run(instance_scene, tmp_path_factory) -> Path:
     proc = run_cli(
         [ns_bin("ns-train"), "unified-lift", "--data", str(instance_scene), "--output-dir", str(out),
          "--experiment-name", "s", "--timestamp", "run", "--max-num-iterations", "800", "--vis", "tensorboard",
-         "--steps-per-eval-all-images", "0", "--steps-per-eval-image", "0",
-         "--pipeline.model.feature-init-scale", "0.1"]
+         "--steps-per-eval-all-images", "0", "--steps-per-eval-image", "0"]
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out / "s" / "unified-lift" / "run"
@@ -87,6 +86,26 @@ def test_text_query_selects_whole_instances(lift_run):
         values = rel[ids == k]
         assert (values.max() - values.min()) < 1e-5, int(k)
     assert rel.max() - rel.min() > 0.05  # and the instances differ
+
+
+def test_inference_reads_only_codes_the_mapping_used(lift_run):
+    """Live codes: the instance map only uses entries the Hungarian mapping kept assigning during training; with
+    every entry competing, half-trained ones win scattered pixels."""
+    import torch
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(lift_run / "config.yml", test_mode="test")
+    model = pipeline.model
+    live = model.live_codes()
+    assert live is not None and 3 <= int(live.sum()) < 64  # a handful of objects, not the 256 entries
+    assert model.code_usage[live].min() >= model.config.live_code_min_views / model.num_train_data
+    used_live, used_all = set(), set()
+    for camera, _ in pipeline.datamanager.fixed_indices_eval_dataloader:
+        outputs = model.get_outputs_for_camera(camera)
+        used_live |= set(outputs["instances"].unique().tolist())
+        used_all |= set(model.codebook.instance_ids(outputs["features"]).unique().tolist())
+    assert used_live <= set(torch.nonzero(live)[:, 0].tolist())
+    assert len(used_all) >= len(used_live)
 
 
 def test_click_ray_selects_the_instance_rendered_at_that_pixel(lift_run):

@@ -84,6 +84,14 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     """Training views rendered for the clustering baseline."""
     cluster_samples: int = 20000
     """Rendered pixel features sampled (over those views) for HDBSCAN."""
+    live_code_min_views: float = 2.0
+    """[R] Inference takes the argmax over *live* codes only: those the Hungarian mapping assigned, on a decaying
+    average over recent steps (``code_usage_decay``), in at least this many training views' worth of steps (usage
+    >= live_code_min_views / number of training views). Codes never or only briefly assigned (early steps,
+    split fragments) keep a half-trained entry that otherwise wins scattered pixels between objects, each one a
+    false segment in PQ. 0 = every code competes (the paper)."""
+    code_usage_decay: float = 0.999
+    """Per-step decay of the code-usage average (about the last 1/(1-decay) steps count)."""
     language_decay: float = 0.995
     """Per-step decay of the running per-instance language embedding (recent views count more, when ids have
     settled)."""
@@ -92,10 +100,11 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     start lets features separate first, so each object's best-matching code is the same in every view. [R]"""
     stop_split_at: int = 10000
     """Densify until this step (Unified-Lift: 10k)."""
-    feature_init_scale: float = 1.0
-    """Multiplies the initial per-Gaussian features RGB2SH(U[0,1)) (entries up to +-1.77; 1.0 = the paper). With
-    short CPU schedules the features barely leave this random init at the paper's lr; a smaller value lets the
-    contrastive loss shape them sooner. [R]"""
+    feature_init_scale: float = 0.1
+    """Multiplies the initial per-Gaussian features RGB2SH(U[0,1)) (entries up to +-1.77; 1.0 = the paper). [R] 0.1:
+    with CPU-length schedules (a few thousand steps) the paper's init barely moves at lr 2.5e-3 (64x48 development
+    room, 600 steps: PQ^scene 0.045 at 1.0, 0.34 at 0.1; benchmarks/RESULTS.md); a small init lets the
+    contrastive loss shape the features from the start."""
 
 
 class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
@@ -117,6 +126,7 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         dim = int(metadata["cue_encoder"]["dim"]) if self.has_language else 1
         self.register_buffer("language_sum", torch.zeros(self.config.codebook_size, dim))
         self.register_buffer("language_weight", torch.zeros(self.config.codebook_size))
+        self.register_buffer("code_usage", torch.zeros(self.config.codebook_size))
         # inference='cluster' state, filled lazily at first use (not checkpointed: it is a pure function of the
         # trained features).
         self._cluster_centres: Optional[torch.Tensor] = None
@@ -149,11 +159,28 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         codebook = self.codebook if cfg.use_codebook else None
         terms = unified_lift_losses(outputs["features"], ids, codebook, cfg, self._generator)
         losses.update({f"{k}_loss": v for k, v in terms["losses"].items()})
+        if cfg.use_codebook:
+            self._track_usage(terms["aux"]["mapping"])
         if metrics_dict is not None:
             metrics_dict.update({f"ul_{k}": v for k, v in terms["metrics"].items()})
         if self.has_language and "lang_seg" in batch and self.config.losses.use_codebook:
             self._accumulate_language(outputs["features"].detach(), batch)
         return losses
+
+    @torch.no_grad()
+    def _track_usage(self, mapping: Dict[int, int]) -> None:
+        decay = self.config.code_usage_decay
+        self.code_usage.mul_(decay)
+        if mapping:
+            used = torch.tensor(sorted(set(mapping.values())), dtype=torch.long, device=self.code_usage.device)
+            self.code_usage[used] += 1.0 - decay
+
+    def live_codes(self) -> Optional[torch.Tensor]:
+        """[L] bool codes that compete at inference, or None (all: threshold 0 or nothing tracked yet)."""
+        if self.config.live_code_min_views <= 0:
+            return None
+        live = self.code_usage >= self.config.live_code_min_views / max(self.num_train_data, 1)
+        return live if bool(live.any()) else None
 
     @torch.no_grad()
     def _accumulate_language(self, features: torch.Tensor, batch) -> None:
@@ -174,7 +201,8 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         """[H, W] long instance ids of a rendered feature image [H, W, D]."""
         if self.config.inference == "cluster":
             return assign_pixels(features, self._centres())
-        return self.codebook.instance_ids(features.reshape(-1, features.shape[-1])).reshape(features.shape[:-1])
+        flat = features.reshape(-1, features.shape[-1])
+        return self.codebook.instance_ids(flat, self.live_codes()).reshape(features.shape[:-1])
 
     def predict_instances(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
         return outputs["instances"] if "instances" in outputs else self.instance_map(outputs["features"])
@@ -208,7 +236,7 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         feats = self.gauss_params["features_sem"].detach()
         if self.config.inference == "cluster":
             return assign_pixels(feats[None], self._centres().to(feats.device))[0]
-        return self.codebook.instance_ids(feats)
+        return self.codebook.instance_ids(feats, self.live_codes())
 
     def instance_language(self) -> torch.Tensor:
         """[L, D] unit language embedding per codebook id (zero for ids never seen with a cue)."""

@@ -80,9 +80,15 @@ class Codebook(nn.Module):
         return torch.softmax(self.logits(features), dim=-1)
 
     @torch.no_grad()
-    def instance_ids(self, features: torch.Tensor) -> torch.Tensor:
-        """``[...]`` long: argmax codebook entry per feature ``[..., D]`` (the instance map, spec 2.5)."""
-        return self.logits(features).argmax(dim=-1)
+    def instance_ids(self, features: torch.Tensor, live: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[...]`` long: argmax codebook entry per feature ``[..., D]`` (the instance map, spec 2.5).
+
+        ``live``: optional ``[L]`` bool; only these entries compete (all of them when None or none is live).
+        """
+        logits = self.logits(features)
+        if live is not None and bool(live.any()):
+            logits = logits.masked_fill(~live.to(device=logits.device, dtype=torch.bool), float("-inf"))
+        return logits.argmax(dim=-1)
 
     def extra_repr(self) -> str:
         return f"num_ids={self.code.shape[0]}, dim={self.code.shape[1]}"
@@ -163,6 +169,10 @@ class UnifiedLiftLossConfig:
     #: contrastive batch (pixels per view) and the minimum samples for a mask to get a prototype (> min_pixels)
     n_pixels: int = N_PIXELS
     min_pixels: int = MIN_PIXELS
+    #: [R] A view with fewer pixels than ``n_pixels`` is used whole, so ``min_pixels`` samples would be a much
+    #: larger share of the image than the code's 20-of-32768 sample: scale it by ``pixels / n_pixels`` (at least
+    #: 2) so a mask needs the same image fraction as in the code. False = the code's absolute 20.
+    min_pixels_relative: bool = True
     contrastive_temp_scale: float = TEMP_SCALE
     contrastive_temp_min: float = TEMP_MIN
     contrastive_temp_max: float = TEMP_MAX
@@ -218,8 +228,11 @@ def unified_lift_losses(
     # --- feature branch: contrastive + norm on a random pixel batch ---
     idx = sample_pixels(H * W, cfg.n_pixels, generator).to(feats.device)
     f_s = feats[idx]
+    min_pixels = cfg.min_pixels
+    if cfg.min_pixels_relative and idx.numel() < cfg.n_pixels:
+        min_pixels = max(2, round(cfg.min_pixels * idx.numel() / cfg.n_pixels))
     l_con, info = contrastive_loss(
-        f_s, ids[idx], cfg.min_pixels, cfg.contrastive_temp_scale, cfg.contrastive_temp_min,
+        f_s, ids[idx], min_pixels, cfg.contrastive_temp_scale, cfg.contrastive_temp_min,
         cfg.contrastive_temp_max, cfg.temp_log_offset, cfg.contrastive_reduction,
     )
     # the regulariser sees the same batch (void pixels included: every rendered feature should stay near unit length)
