@@ -193,6 +193,14 @@ class EvalConfig:
     """Depth alignment before AbsRel/delta (Uni3R: per-image trimmed least squares scale+shift)."""
     depth_cap: float = 10.0
     """GT depth above this is ignored [C: Uni3R 10 m]."""
+    view_gate: float = 0.0
+    """[R] Photometric view gate at the target (0 = off, Uni3R has none): after pose alignment, render each
+    context view's Gaussians alone at the aligned target pose and keep only the views whose mean L1 to the
+    target image (over pixels they cover) is within (1 + view_gate) x the best view's; the target image is the
+    one pose alignment already uses. Far context views, whose points the CPU-scale model misplaces (median error
+    0.8 m for view 1 growing to 2 m for view 8 of an 8-view set), otherwise paint wrong labels over the target."""
+    view_gate_min_pixels: int = 64
+    """A view covering fewer target pixels (alpha > 0.5) than this is dropped by the gate."""
 
 
 @dataclass

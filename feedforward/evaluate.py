@@ -81,10 +81,11 @@ def evaluate_view_set(model: UniSemPredictor, vs: ViewSet, cfg: EvalConfig, labe
         with torch.enable_grad():
             vm, l1_before, l1_after = align_pose(render_rgb, vs.viewmats[t], image, cfg.pose_align_steps, cfg.pose_align_lr)
         with torch.no_grad():
-            r = render_gaussians(g, vm[None], K, w, h, pc.sh_degree, with_features=True)
+            gt_used, kept = gate_views(g, vs.n_context, vm, K, image, cfg, pc.sh_degree)
+            r = render_gaussians(gt_used, vm[None], K, w, h, pc.sh_degree, with_features=True)
             gt_d = _capped(vs.depths[t], cfg.depth_cap)
             depth = r["depth"][0, ..., 0]
-            rec: Dict = {"scene": vs.scene, "target": vs.indices[t], "predict_s": t_pred,
+            rec: Dict = {"scene": vs.scene, "target": vs.indices[t], "predict_s": t_pred, "views_kept": kept,
                          "pose_l1_before": l1_before, "pose_l1_after": l1_after}
             rec["depth"] = depth_metrics(depth, gt_d, cfg.depth_thresholds, align=cfg.depth_align)
             rec["depth_const"] = depth_metrics(torch.full_like(depth, const_depth), gt_d, cfg.depth_thresholds,
@@ -102,6 +103,29 @@ def evaluate_view_set(model: UniSemPredictor, vs: ViewSet, cfg: EvalConfig, labe
                     rec["raw_cue"] = raw_cue_labels(vs.cue_seg[t], vs.cue_feats, label_embeds)
         out.append(rec)
     return out
+
+
+def gate_views(g: Dict[str, Tensor], n_context: int, viewmat: Tensor, K: Tensor, image: Tensor, cfg: EvalConfig,
+               sh_degree: int = 0):
+    """:attr:`EvalConfig.view_gate`: the Gaussians of the context views whose own render at the target pose is
+    photometrically close to the best view's, and how many views were kept. Identity when the gate is off."""
+    if cfg.view_gate <= 0 or n_context <= 1:
+        return g, n_context
+    h, w = image.shape[:2]
+    per = g["means"].shape[0] // n_context
+    errs = []
+    for k in range(n_context):
+        gk = {key: x[k * per:(k + 1) * per] for key, x in g.items()}
+        rk = render_gaussians(gk, viewmat[None], K, w, h, sh_degree, with_features=False)
+        covered = rk["alpha"][0, ..., 0] > 0.5
+        if int(covered.sum()) < cfg.view_gate_min_pixels:
+            errs.append(float("inf"))
+            continue
+        errs.append(float((rk["rgb"][0] - image).abs().mean(-1)[covered].mean()))
+    best = min(errs)
+    keep = [k for k, e in enumerate(errs) if e <= best * (1 + cfg.view_gate)] or [int(np.argmin(errs))]
+    idx = torch.cat([torch.arange(k * per, (k + 1) * per, device=g["means"].device) for k in keep])
+    return {key: x.index_select(0, idx) for key, x in g.items()}, len(keep)
 
 
 def _mean(xs: List[float]) -> float:
@@ -151,6 +175,7 @@ def evaluate_scenes(
             for m in ("abs_rel", "delta_1.25", "delta_1.03"):
                 entry[f"{prefix}{'depth_' if not prefix else ''}{m}"] = _mean([r[key].get(m, float("nan")) for r in recs])
         entry["psnr"] = _mean([r["psnr"] for r in recs])
+        entry["views_kept"] = _mean([r["views_kept"] for r in recs])
         entry["pose_align_l1_before"] = _mean([r["pose_l1_before"] for r in recs])
         entry["pose_align_l1_after"] = _mean([r["pose_l1_after"] for r in recs])
         for (key, _), cm in cms.items():

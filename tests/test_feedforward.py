@@ -529,3 +529,27 @@ def test_nn_distance_min_does_not_cross_depth_edges():
     assert torch.allclose(mn[:, :8], torch.full((12, 8), spacing), rtol=1e-4)
     assert mean[:, 7].min() > 2 * spacing  # the edge column sees the 2 m jump
     assert mn[:, 7].max() < 1.01 * spacing
+
+
+def test_view_gate_keeps_the_photometrically_consistent_view():
+    """EvalConfig.view_gate: of two context views covering the target, the one whose colours disagree with the
+    target image is dropped; with the gate off every view is kept."""
+    from feedforward.evaluate import gate_views
+    from feedforward.heads import rgb_to_sh
+
+    torch.manual_seed(0)
+    h, w = 12, 16
+    K = _K(w, h, 12.0)
+    pts = unproject_depth(torch.full((h, w), 2.0), K, torch.eye(4)).reshape(-1, 3)
+    n = h * w
+    col = torch.rand(n, 3)
+    view = lambda c: {"means": pts, "quats": torch.tensor([1.0, 0, 0, 0]).expand(n, 4),  # noqa: E731
+                      "scales": torch.full((n, 3), 0.08), "opacities": torch.full((n,), 0.95),
+                      "sh": rgb_to_sh(c)[:, None], "sem": torch.zeros(n, 2)}
+    good, bad = view(col), view(1 - col)
+    image = render_gaussians(good, torch.eye(4)[None], K[None], w, h, 0, with_features=False)["rgb"][0]
+    both = {k: torch.cat([bad[k], good[k]]) for k in good}
+    kept, k = gate_views(both, 2, torch.eye(4), K[None], image, EvalConfig(view_gate=0.1, view_gate_min_pixels=8))
+    assert k == 1 and torch.equal(kept["sh"], good["sh"])
+    same, k = gate_views(both, 2, torch.eye(4), K[None], image, EvalConfig(view_gate=0.0))
+    assert k == 2 and same["sh"].shape[0] == 2 * n
