@@ -62,7 +62,7 @@ class PredictorConfig:
     """Upper clamp of the scale, times the view's median nn-dist [R; Uni3R: 3]. With 3, the photometric and cosine
     losses (both reward blur while the pointmap is noisy) grow the learned scale to the clamp within 200 CPU steps
     (mean Gaussian 6x the pixel footprint) and the rendered semantics smear small objects away: on the 8 held-out
-    2-view sets, the lifted cue scores mIoU 0.255 with 3 and 0.289 with 1 (200 steps, same seed)."""
+    2-view sets, the lifted cue scores mIoU 0.232 with 3 and 0.289 with 1 (200 steps, same seed)."""
     init_depth: float = 2.5
     """Depth the untrained head puts every point at (bias of the point channels), metres."""
     semantic_residual: bool = True
