@@ -56,16 +56,21 @@ def run_cli(args, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 
-def train(scene: Path, out: Path, name: str, iters: int, *extra: str) -> Path:
+def ns_train(method: str, scene: Path, out: Path, name: str, iters: int, *extra: str, experiment: str = "s") -> Path:
+    """``ns-train <method>`` on ``scene`` (tensorboard, no all-images eval); returns the run folder."""
     proc = run_cli(
         [
-            ns_bin("ns-train"), "unisem-splat", "--data", str(scene), "--output-dir", str(out),
-            "--experiment-name", "e2e", "--timestamp", name, "--max-num-iterations", str(iters),
-            "--steps-per-save", "100", "--steps-per-eval-all-images", "0", "--vis", "tensorboard", *extra,
+            ns_bin("ns-train"), method, "--data", str(scene), "--output-dir", str(out), "--experiment-name", experiment,
+            "--timestamp", name, "--max-num-iterations", str(iters), "--vis", "tensorboard",
+            "--steps-per-eval-all-images", "0", *extra,
         ]
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out / "e2e" / "unisem-splat" / name
+    return out / experiment / method / name
+
+
+def train(scene: Path, out: Path, name: str, iters: int, *extra: str) -> Path:
+    return ns_train("unisem-splat", scene, out, name, iters, "--steps-per-save", "100", *extra, experiment="e2e")
 
 
 def evaluate(run: Path) -> dict:

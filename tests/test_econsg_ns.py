@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ns_bin, run_cli
+from conftest import ns_bin, ns_train, run_cli
 
 pytest.importorskip("nerfstudio")
 from test_viewer import check_viewer_shows_the_scene, needs_chromium  # noqa: E402
@@ -23,13 +23,7 @@ def econ_scene(room_with_cues) -> Path:
 
 
 def _train(scene: Path, out: Path, name: str, *extra: str) -> Path:
-    proc = run_cli(
-        [ns_bin("ns-train"), "econsg", "--data", str(scene), "--output-dir", str(out), "--experiment-name", "s",
-         "--timestamp", name, "--max-num-iterations", str(ITERS), "--vis", "tensorboard",
-         "--steps-per-eval-all-images", "0", "--steps-per-eval-image", "0", *extra]
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out / "s" / "econsg" / name
+    return ns_train("econsg", scene, out, name, ITERS, "--steps-per-eval-image", "0", *extra)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import copy_scene, ns_bin, run_cli
+from conftest import copy_scene, ns_bin, ns_train, run_cli
 
 pytest.importorskip("nerfstudio")
 
@@ -22,13 +22,7 @@ def cue_scene(room_with_cues) -> Path:
 @pytest.fixture(scope="session")
 def distill_run(cue_scene, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("distill")
-    proc = run_cli(
-        [ns_bin("ns-train"), "unisem-distill", "--data", str(cue_scene), "--output-dir", str(out),
-         "--experiment-name", "s", "--timestamp", "run", "--max-num-iterations", "600", "--vis", "tensorboard",
-         "--steps-per-eval-all-images", "0", "--steps-per-eval-image", "0"]
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out / "s" / "unisem-distill" / "run"
+    return ns_train("unisem-distill", cue_scene, out, "run", 600, "--steps-per-eval-image", "0")
 
 
 def test_ns_eval_reports_segmentation_metrics(distill_run):

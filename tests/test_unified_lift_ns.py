@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_cue_scene, copy_scene, ns_bin, run_cli
+from conftest import make_cue_scene, copy_scene, ns_bin, ns_train, run_cli
 
 pytest.importorskip("nerfstudio")
 from test_viewer import check_viewer_shows_the_scene, needs_chromium  # noqa: E402
@@ -25,13 +25,7 @@ def instance_scene(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lift_run(instance_scene, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("lift")
-    proc = run_cli(
-        [ns_bin("ns-train"), "unified-lift", "--data", str(instance_scene), "--output-dir", str(out),
-         "--experiment-name", "s", "--timestamp", "run", "--max-num-iterations", "800", "--vis", "tensorboard",
-         "--steps-per-eval-all-images", "0", "--steps-per-eval-image", "0"]
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out / "s" / "unified-lift" / "run"
+    return ns_train("unified-lift", instance_scene, out, "run", 800, "--steps-per-eval-image", "0")
 
 
 def test_sam_ids_really_disagree_across_views(instance_scene):
