@@ -48,8 +48,11 @@ class PredictorConfig:
     sh_degree: int = 0
     """SH degree of the colour (Uni3R: 3; 0 = view-independent RGB)."""
     scale_multiplier: float = 0.5
-    """Gaussian scale = exp(s) * multiplier * nn-dist. [R] Uni3R uses 0.0025 with distCUDA2; our nn-dist is the mean
-    distance to the 4 grid neighbours in the predicted pointmap, for which ~half the spacing covers a pixel."""
+    """Gaussian scale = exp(s) * multiplier * nn-dist (the head's s starts at 0). [R] Uni3R uses 0.0025 with
+    distCUDA2; ours is a pixel spacing in the predicted pointmap (:attr:`nn_distance`), of which ~half covers a
+    pixel. Measured with GT geometry ('min' spacing, held-out 2-view sets): the context views' GT labels rendered
+    at the target are 95.7 / 94.8 / 93.3 % correct at 0.2 / 0.3 / 0.5 (nearest-pixel forward warping: 98.0 %);
+    the head learns s."""
     nn_distance: Literal["min", "mean4"] = "min"
     """[R] Pixel spacing the scale is relative to: 'min' = distance to the nearest of the 4 grid neighbours in the
     predicted pointmap, 'mean4' = their mean. distCUDA2 (3 nearest neighbours in 3D) never measures across a depth
@@ -101,6 +104,11 @@ class LossConfig:
     'none' keeps metric scale (our corpus poses are metric, and rendering at GT poses needs it)."""
     render_context_views: bool = True
     """Also supervise the renders of the context views (EGD renders them anyway)."""
+    semantic_views: Literal["all", "targets"] = "targets"
+    """[R] Views the semantic loss is taken on. A context view's own cue is an input of the model, so its render
+    can score by copying that (noisy) cue back; only a target view's cue is noise independent of the input, so
+    only there does the loss ask for the denoised semantics (the expectation over cue noise). 'all' also
+    supervises the context views (when ``render_context_views``)."""
 
 
 @dataclass
@@ -201,6 +209,15 @@ class EvalConfig:
     0.8 m for view 1 growing to 2 m for view 8 of an 8-view set), otherwise paint wrong labels over the target."""
     view_gate_min_pixels: int = 64
     """A view covering fewer target pixels (alpha > 0.5) than this is dropped by the gate."""
+    semantic_fusion: Literal["composite", "view_vote"] = "composite"
+    """[R] How the context views' semantics meet at the target. 'composite' (Uni3R): one render of all views'
+    Gaussians, so the front-most splat decides each pixel. 'view_vote': each view's Gaussians rendered alone at
+    the aligned target pose, their expanded features normalised and averaged with per-pixel weight
+    alpha_k * exp(-|rgb_k - I| / vote_tau) (I = the target image pose alignment already uses), so every view
+    that sees the surface votes and a view whose splats land in the wrong place loses its vote there. RGB and
+    depth stay the composite render's."""
+    vote_tau: float = 0.05
+    """[R] Photometric temperature of 'view_vote' (mean absolute RGB error, images in [0, 1]); 0 = alpha only."""
 
 
 @dataclass

@@ -93,7 +93,10 @@ def evaluate_view_set(model: UniSemPredictor, vs: ViewSet, cfg: EvalConfig, labe
             mse = ((r["rgb"][0] - image) ** 2).mean()
             rec["psnr"] = float(-10 * torch.log10(mse.clamp_min(1e-10)))
             if label_embeds is not None and vs.semantic is not None:
-                feats = model.expand_features(r["feature"])[0]
+                if cfg.semantic_fusion == "view_vote" and kept > 1:
+                    feats = view_vote_features(model, gt_used, kept, vm, K, image, cfg.vote_tau, pc.sh_degree)
+                else:
+                    feats = model.expand_features(r["feature"])[0]
                 if feats.shape[:2] != (h, w):
                     feats = F.interpolate(feats.permute(2, 0, 1)[None], size=(h, w), mode="bilinear",
                                           align_corners=False)[0].permute(1, 2, 0)
@@ -126,6 +129,32 @@ def gate_views(g: Dict[str, Tensor], n_context: int, viewmat: Tensor, K: Tensor,
     keep = [k for k, e in enumerate(errs) if e <= best * (1 + cfg.view_gate)] or [int(np.argmin(errs))]
     idx = torch.cat([torch.arange(k * per, (k + 1) * per, device=g["means"].device) for k in keep])
     return {key: x.index_select(0, idx) for key, x in g.items()}, len(keep)
+
+
+def view_vote_features(model: UniSemPredictor, g: Dict[str, Tensor], n_views: int, viewmat: Tensor, K: Tensor,
+                       image: Tensor, tau: float, sh_degree: int = 0) -> Tensor:
+    """:attr:`EvalConfig.semantic_fusion` 'view_vote': cue-space features [H', W', cue_dim] at the target.
+
+    ``g`` holds ``n_views`` equal blocks of Gaussians (one per context view, the predictor's layout); each block
+    is rendered alone at ``viewmat`` [4, 4] / ``K`` [1, 3, 3], its expanded feature normalised, and the blocks
+    averaged with per-pixel weight ``alpha_k * exp(-mean|rgb_k - image| / tau)`` (``image`` [H, W, 3]).
+    """
+    h, w = image.shape[:2]
+    per = g["means"].shape[0] // n_views
+    num, den = 0.0, 0.0
+    for k in range(n_views):
+        gk = {key: x[k * per:(k + 1) * per] for key, x in g.items()}
+        rk = render_gaussians(gk, viewmat[None], K, w, h, sh_degree, with_features=True)
+        weight = rk["alpha"][0]  # [H, W, 1]
+        if tau > 0:
+            weight = weight * torch.exp(-(rk["rgb"][0] - image).abs().mean(-1, keepdim=True) / tau)
+        feat = F.normalize(model.expand_features(rk["feature"])[0], dim=-1)
+        if feat.shape[:2] != (h, w):
+            weight = F.interpolate(weight.permute(2, 0, 1)[None], size=feat.shape[:2], mode="bilinear",
+                                   align_corners=False)[0].permute(1, 2, 0)
+        num = num + weight * feat
+        den = den + weight
+    return num / den.clamp_min(1e-8)
 
 
 def _mean(xs: List[float]) -> float:

@@ -6,7 +6,7 @@ their per-pixel error into a keep-mask; render the target views (and the context
 relative to view 1 with the kept Gaussians; losses:
 
 - ``rgb``: L1 (+ optional 1 - SSIM);
-- ``semantic``: 1 - cos(expand(F^), cue) over pixels with a cue (target = ``dense_targets(seg, feats, 0)``);
+- ``semantic``: 1 - cos(expand(F^), cue) over the target views' pixels with a cue (``LossConfig.semantic_views``);
 - ``geometry``: DUSt3R ConfLoss of the context pointmaps vs GT points in view 1's frame;
 - ``mtc``: alpha(t) * L_proto (stage B of the curriculum).
 """
@@ -146,6 +146,8 @@ def training_losses(
             losses["mtc"] = alpha_t * lp
             stats.update(st)
             stats["mtc_alpha"] = alpha_t
+        if cfg.loss.semantic_views == "targets" and cfg.loss.render_context_views and vs.n_views > v:
+            valid = valid & (views >= v).to(valid.device)[:, None, None]
         if valid.any():
             if model.cfg.expansion_downsample == 1.0 and alpha_t == 0:
                 rows = vs.cue_seg[views][valid]

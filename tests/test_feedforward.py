@@ -553,3 +553,57 @@ def test_view_gate_keeps_the_photometrically_consistent_view():
     assert k == 1 and torch.equal(kept["sh"], good["sh"])
     same, k = gate_views(both, 2, torch.eye(4), K[None], image, EvalConfig(view_gate=0.0))
     assert k == 2 and same["sh"].shape[0] == 2 * n
+
+
+def test_semantic_loss_is_taken_on_target_views_only(ff_corpus):
+    """LossConfig.semantic_views='targets': the context views (whose cues are inputs) are still rendered for the
+    photometric loss but not scored semantically; the loss equals the one of a run that renders only the targets,
+    and differs from 'all'."""
+    from feedforward.corpus import load_split
+    from feedforward.sampling import random_view_set
+    from feedforward.training import training_losses
+
+    scenes = load_split(ff_corpus, "train")
+    torch.manual_seed(0)
+    model = UniSemPredictor(TINY)
+    vs = random_view_set(scenes, np.random.default_rng(1), (2,), 2)
+
+    def sem(views: str, render_context: bool) -> torch.Tensor:
+        cfg = FeedForwardConfig(predictor=TINY)
+        cfg.loss.semantic_views = views
+        cfg.loss.render_context_views = render_context
+        return training_losses(model, vs, step=0, total_steps=10, cfg=cfg)[0]["semantic"]
+
+    targets = sem("targets", True)
+    assert torch.allclose(targets, sem("all", False), atol=1e-6)
+    assert not torch.allclose(targets, sem("all", True), atol=1e-4)
+
+
+def test_view_vote_follows_the_photometrically_consistent_view():
+    """EvalConfig.semantic_fusion='view_vote': where two views cover the target with different semantics, the one
+    whose colours match the target image decides (tau > 0); with tau = 0 both count by alpha alone."""
+    from feedforward.evaluate import view_vote_features
+    from feedforward.heads import rgb_to_sh
+
+    torch.manual_seed(0)
+    model = UniSemPredictor(TINY)
+    h, w = 12, 16
+    K = _K(w, h, 12.0)
+    pts = unproject_depth(torch.full((h, w), 2.0), K, torch.eye(4)).reshape(-1, 3)
+    n = h * w
+    col = 0.3 * torch.rand(n, 3)  # the other view's 1 - col is >= 0.4 away everywhere
+    lat_a, lat_b = torch.randn(TINY.sem_dim), torch.randn(TINY.sem_dim)
+    view = lambda c, lat: {"means": pts, "quats": torch.tensor([1.0, 0, 0, 0]).expand(n, 4),  # noqa: E731
+                           "scales": torch.full((n, 3), 0.08), "opacities": torch.full((n,), 0.95),
+                           "sh": rgb_to_sh(c)[:, None], "sem": lat.expand(n, -1)}
+    good, bad = view(col, lat_a), view(1 - col, lat_b)
+    image = render_gaussians(good, torch.eye(4)[None], K[None], w, h, 0, with_features=False)["rgb"][0]
+    both = {k: torch.cat([bad[k], good[k]]) for k in good}
+    ea, eb = (torch.nn.functional.normalize(model.expand_latents(x), dim=-1) for x in (lat_a, lat_b))
+    centre = (slice(3, 9), slice(4, 12))
+    voted = torch.nn.functional.normalize(
+        view_vote_features(model, both, 2, torch.eye(4), K[None], image, tau=0.05)[centre], dim=-1)
+    assert (voted @ ea).min() > 0.99 and (voted @ eb).max() < (voted @ ea).min()
+    plain = view_vote_features(model, both, 2, torch.eye(4), K[None], image, tau=0.0)[centre]
+    mid = torch.nn.functional.normalize(ea + eb, dim=-1)
+    assert torch.allclose(torch.nn.functional.normalize(plain, dim=-1), mid.expand_as(plain), atol=1e-3)
