@@ -74,6 +74,23 @@ def test_area_aware_vs_normalised_assignment():
     assert (pseudo_n[ids == 7] == 2).all()
 
 
+def test_shared_code_threshold_keeps_a_split_object_on_one_code():
+    """An object SAM cut in two (masks 1 and 2) whose pixels read as entry 0: one-to-one matching hands the
+    smaller part another entry; with share_threshold the part keeps entry 0. A mask whose pixels are split
+    between two entries (mask 3, 50/50) gets its Hungarian entry; so does mask 2 when too few of its pixels agree."""
+    obj = [0.4, 0.2, 0.2, 0.2]
+    other = [0.2, 0.4, 0.2, 0.2]
+    ids = torch.tensor([1] * 30 + [2] * 10 + [3] * 8)
+    probs = torch.tensor([obj] * 30 + [obj] * 7 + [other] * 3 + [[0.1, 0.1, 0.5, 0.3]] * 4 + [[0.1, 0.1, 0.3, 0.5]] * 4)
+    _, one_to_one = area_aware_assignment(probs, ids)
+    assert one_to_one[1] == 0 and one_to_one[2] != 0 and len(set(one_to_one.values())) == 3
+    pseudo, shared = area_aware_assignment(probs, ids, share_threshold=0.6)
+    assert shared[1] == 0 and shared[2] == 0 and shared[3] == one_to_one[3]
+    assert (pseudo[ids == 2] == 0).all() and (pseudo[ids == 3] == one_to_one[3]).all()
+    _, strict = area_aware_assignment(probs, ids, share_threshold=0.8)  # 7 of 10 < 0.8: one-to-one again
+    assert strict == one_to_one
+
+
 def test_assignment_caps_ids_and_respects_keep():
     gen = torch.Generator().manual_seed(1)
     ids = torch.tensor([0, 6, 5, 1, 2, 3, 4, 6, 1])

@@ -185,6 +185,12 @@ class UnifiedLiftLossConfig:
     conf_threshold: float = CONF_THRESHOLD
     #: Panoptic Lifting's per-mask mean cost instead of the area-aware sum
     normalised_cost: bool = False
+    #: [R] 0 = one-to-one ID mapping (paper). > 0: a mask at least this fraction of whose pixels already read as
+    #: one entry (argmax) takes that entry even if another mask of the view holds it (``area_aware_assignment``)
+    shared_code_threshold: float = 0.0
+    #: [R] steps of one-to-one mapping before sharing starts (early on every pixel reads as the same few entries,
+    #: and sharing would let all masks collapse onto them); applied by the model, which knows the step
+    shared_code_start_step: int = 500
     concentration_p: float = 2
     #: pixels per view for the codebook branch (filter, Hungarian, L_class, L_concen); 0 = every pixel (code)
     codebook_pixels: int = 0
@@ -268,7 +274,8 @@ def unified_lift_losses(
 
     logits = codebook.logits(fd)  # [P', L]
     normalised = cfg.normalised_cost or not cfg.area_aware
-    pseudo, mapping = area_aware_assignment(torch.softmax(logits.detach(), -1), ids_cb, keep, normalised)
+    pseudo, mapping = area_aware_assignment(torch.softmax(logits.detach(), -1), ids_cb, keep, normalised,
+                                            share_threshold=cfg.shared_code_threshold)
     l_cls, status = class_loss(logits, pseudo, keep, codebook.num_ids)
     losses["class"] = cfg.class_weight * l_cls
     metrics["class"] = l_cls.detach()
