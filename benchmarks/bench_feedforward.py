@@ -174,7 +174,7 @@ def snippet(out: dict) -> str:
         f"`benchmarks/bench_feedforward.py --steps {out['steps']}`: tiny predictor (ViT 96-d x4 enc / x4 dec, patch 8, "
         f"DPT 64), trained from scratch on {out['train_scenes']} synthetic scenes (64x48, 32-frame walks, default cue "
         f"corruption), {out['steps']} steps of 1 view set (V in 2-4, 2 targets, semantic loss on "
-        f"{out.get('loss', {}).get('semantic_views', 'all')} views); scored on {out['test_scenes']} held-out "
+        f"{dict(targets='the target', all='all').get(out.get('loss', {}).get('semantic_views', 'all'))} views); scored on {out['test_scenes']} held-out "
         f"scenes with Uni3R's protocol ({out['eval']['targets_per_scene']} targets per scene and V, "
         f"{out['eval']['pose_align_steps']} pose-alignment steps, depth {out['eval']['depth_align']}-aligned, GT <= 10 m). "
         f"Machine: {out['machine']['platform']}, {out['machine']['threads']} threads, no GPU.",
