@@ -121,30 +121,28 @@ def main() -> None:
         runs[name] = {"train_s": train_s, "train_s_per_step": train_s / args.steps,
                       "eval_s": time.perf_counter() - t1, "results": res,
                       "egd": vars(cfg.egd) | {"apply_to": list(cfg.egd.apply_to)}, "mtc": vars(cfg.mtc)}
-        if name == "base" and args.lift_row:
+        if name != "base":
+            continue
+
+        def extra_row(label: str, row_model, row_ev: EvalConfig, **meta) -> None:
+            """Score the trained base model once more under another evaluation setting (no new training)."""
+            log(f"[{label}]")
+            t1 = time.perf_counter()
+            res = evaluate_scenes(row_model, test_scenes, row_ev, encoder, const_depth, log=log)
+            runs[label] = {"train_s": train_s, "train_s_per_step": train_s / args.steps,
+                           "eval_s": time.perf_counter() - t1, "results": res, "extra_eval": True, **meta}
+
+        if args.lift_row:
             lifted = copy.deepcopy(model)
-            lifted.drop_semantic_head()
-            log("[base, lifted cue only] semantic head zeroed")
-            t1 = time.perf_counter()
-            res = evaluate_scenes(lifted, test_scenes, ev, encoder, const_depth, log=log)
-            runs["base, lifted cue only"] = {"train_s": train_s, "train_s_per_step": train_s / args.steps,
-                                             "eval_s": time.perf_counter() - t1, "results": res, "extra_eval": True}
-        if name == "base" and args.gate_row > 0:
-            gated = dataclasses.replace(ev, view_gate=args.gate_row)
-            log(f"[base, view gate {args.gate_row:g}] photometric view gate at the target")
-            t1 = time.perf_counter()
-            res = evaluate_scenes(model, test_scenes, gated, encoder, const_depth, log=log)
-            runs[f"base + view gate {args.gate_row:g}"] = {"train_s": train_s, "train_s_per_step": train_s / args.steps,
-                                                         "eval_s": time.perf_counter() - t1, "results": res,
-                                                         "extra_eval": True, "view_gate": args.gate_row}
-        if name == "base" and args.vote_row >= 0:
-            voted = dataclasses.replace(ev, semantic_fusion="view_vote", vote_tau=args.vote_row)
-            log(f"[base, view vote {args.vote_row:g}] per-view semantic vote at the target")
-            t1 = time.perf_counter()
-            res = evaluate_scenes(model, test_scenes, voted, encoder, const_depth, log=log)
-            runs[f"base + view vote {args.vote_row:g}"] = {"train_s": train_s, "train_s_per_step": train_s / args.steps,
-                                                         "eval_s": time.perf_counter() - t1, "results": res,
-                                                         "extra_eval": True, "vote_tau": args.vote_row}
+            lifted.drop_semantic_head()  # the context views' cues splatted on the model's geometry
+            extra_row("base, lifted cue only", lifted, ev)
+        if args.gate_row > 0:
+            extra_row(f"base + view gate {args.gate_row:g}", model, dataclasses.replace(ev, view_gate=args.gate_row),
+                      view_gate=args.gate_row)
+        if args.vote_row >= 0:
+            extra_row(f"base + view vote {args.vote_row:g}", model,
+                      dataclasses.replace(ev, semantic_fusion="view_vote", vote_tau=args.vote_row),
+                      vote_tau=args.vote_row)
     out = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                     "threads": args.threads, "cuda": torch.cuda.is_available()},
