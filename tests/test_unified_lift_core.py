@@ -435,3 +435,27 @@ def test_instance_ids_over_live_codes():
     live[[2, 5]] = True
     assert cb.instance_ids(f, live).tolist() == [2, 5]
     assert cb.instance_ids(f, torch.zeros(8, dtype=torch.bool)).tolist() == [7, 5]  # none live: all compete
+
+
+def test_mask_boundary_ignore_leaves_boundary_pixels_out():
+    """losses.mask_boundary_ignore = r: pixels within r px of another id (void included) get no label, the rest
+    keep theirs; r = 0 labels every non-void pixel."""
+    from unisem_ns.unified_lift.codebook import mask_boundary
+
+    ids = torch.zeros(12, 16, dtype=torch.long)
+    ids[:, :8], ids[:, 8:] = 3, 5
+    ids[0, :] = 0  # a void row on top
+    band = mask_boundary(ids, 1)
+    assert band[:, 7:9].all() and band[:2].all()  # both sides of the 3|5 edge, and next to the void row
+    assert not band[2:, :7].any() and not band[2:, 9:].any()
+    assert mask_boundary(ids, 2)[:, 6:10].all() and not mask_boundary(ids, 2)[3:, :6].any()
+
+    torch.manual_seed(0)
+    feats = torch.randn(12, 16, 4)
+    cb = Codebook(8, 4)
+    plain = unified_lift_losses(feats, ids, cb, UnifiedLiftLossConfig(n_pixels=1000, min_pixels=2, use_noise_filter=False))
+    cut = unified_lift_losses(feats, ids, cb, UnifiedLiftLossConfig(n_pixels=1000, min_pixels=2, use_noise_filter=False,
+                                                                 mask_boundary_ignore=1))
+    assert (plain["aux"]["pseudo_labels"][1:] >= 0).all()
+    labelled = cut["aux"]["pseudo_labels"] >= 0
+    assert not labelled[band].any() and labelled[~band & (ids > 0)].all()

@@ -185,6 +185,9 @@ class UnifiedLiftLossConfig:
     conf_threshold: float = CONF_THRESHOLD
     #: Panoptic Lifting's per-mask mean cost instead of the area-aware sum
     normalised_cost: bool = False
+    #: [R] pixels within this many pixels of a change of mask id (void included) are left out of every loss:
+    #: SAM's boundaries are the least reliable pixels (the simulator jitters them by up to 2-3 px); 0 = all (paper)
+    mask_boundary_ignore: int = 0
     #: [R] 0 = one-to-one ID mapping (paper). > 0: a mask at least this fraction of whose pixels already read as
     #: one entry (argmax) takes that entry even if another mask of the view holds it (``area_aware_assignment``)
     shared_code_threshold: float = 0.0
@@ -200,6 +203,15 @@ class UnifiedLiftLossConfig:
     area_aware: bool = True
     use_concentration: bool = True
     use_noise_filter: bool = True
+
+
+def mask_boundary(mask_ids: torch.Tensor, radius: int) -> torch.Tensor:
+    """``[H, W]`` bool: pixels with a different id (void included) within ``radius`` pixels (a square window)."""
+    x = mask_ids.to(torch.float32)[None, None]
+    k = 2 * radius + 1
+    hi = F.max_pool2d(x, k, stride=1, padding=radius)
+    lo = -F.max_pool2d(-x, k, stride=1, padding=radius)
+    return (hi != lo)[0, 0]
 
 
 def unified_lift_losses(
@@ -228,6 +240,8 @@ def unified_lift_losses(
     """
     cfg = cfg or UnifiedLiftLossConfig()
     H, W, D = rendered_features.shape
+    if cfg.mask_boundary_ignore > 0:
+        mask_ids = mask_ids * ~mask_boundary(mask_ids, cfg.mask_boundary_ignore)
     feats = rendered_features.reshape(H * W, D)
     ids = mask_ids.reshape(H * W).to(device=feats.device, dtype=torch.long)
 
