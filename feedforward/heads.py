@@ -96,7 +96,7 @@ def head_channels(sem_dim: int, sh_degree: int) -> Dict[str, int]:
     return {"pts": 3, "conf": 1, "scale": 3, "rot": 4, "opacity": 1, "sh": 3 * (sh_degree + 1) ** 2, "sem": sem_dim}
 
 
-def grid_nn_distance(pts: Tensor, mode: str = "mean4") -> Tensor:
+def grid_nn_distance(pts: Tensor, mode: str = "min") -> Tensor:
     """Distance of each pixel's point to its 4 grid neighbours (edge pixels use the ones they have): their mean
     (``mode='mean4'``) or the nearest one (``'min'``, which does not jump across depth edges).
 
