@@ -24,7 +24,7 @@ ROWS = {
     "no_area_aware": [M + "losses.area-aware", "False"],
     "no_concentration": [M + "losses.use-concentration", "False"],
     "no_noise_filter": [M + "losses.use-noise-filter", "False"],
-    # [R] opt-in: a mask confidently on a code another mask of the view holds shares it (split objects keep one code)
+    # [R] opt-in: a mask most of whose pixels read as a code another mask of the view holds shares it (split objects)
     "shared_codes": [M + "losses.shared-code-threshold", "0.5"],
 }
 

@@ -82,7 +82,8 @@ def evaluate_view_set(model: UniSemPredictor, vs: ViewSet, cfg: EvalConfig, labe
             vm, l1_before, l1_after = align_pose(render_rgb, vs.viewmats[t], image, cfg.pose_align_steps, cfg.pose_align_lr)
         with torch.no_grad():
             gt_used, kept = gate_views(g, vs.n_context, vm, K, image, cfg, pc.sh_degree)
-            r = render_gaussians(gt_used, vm[None], K, w, h, pc.sh_degree, with_features=True)
+            vote = cfg.semantic_fusion == "view_vote" and kept > 1  # semantics from per-view renders instead
+            r = render_gaussians(gt_used, vm[None], K, w, h, pc.sh_degree, with_features=not vote)
             gt_d = _capped(vs.depths[t], cfg.depth_cap)
             depth = r["depth"][0, ..., 0]
             rec: Dict = {"scene": vs.scene, "target": vs.indices[t], "predict_s": t_pred, "views_kept": kept,
@@ -93,7 +94,7 @@ def evaluate_view_set(model: UniSemPredictor, vs: ViewSet, cfg: EvalConfig, labe
             mse = ((r["rgb"][0] - image) ** 2).mean()
             rec["psnr"] = float(-10 * torch.log10(mse.clamp_min(1e-10)))
             if label_embeds is not None and vs.semantic is not None:
-                if cfg.semantic_fusion == "view_vote" and kept > 1:
+                if vote:
                     feats = view_vote_features(model, gt_used, kept, vm, K, image, cfg.vote_tau, pc.sh_degree)
                 else:
                     feats = model.expand_features(r["feature"])[0]
@@ -108,6 +109,12 @@ def evaluate_view_set(model: UniSemPredictor, vs: ViewSet, cfg: EvalConfig, labe
     return out
 
 
+def view_block(g: Dict[str, Tensor], n_views: int, k: int) -> Dict[str, Tensor]:
+    """View ``k``'s Gaussians of ``g`` (``n_views`` equal blocks [N / n_views, ...], the predictor's layout)."""
+    per = g["means"].shape[0] // n_views
+    return {key: x[k * per:(k + 1) * per] for key, x in g.items()}
+
+
 def gate_views(g: Dict[str, Tensor], n_context: int, viewmat: Tensor, K: Tensor, image: Tensor, cfg: EvalConfig,
                sh_degree: int = 0):
     """:attr:`EvalConfig.view_gate`: the Gaussians of the context views whose own render at the target pose is
@@ -118,8 +125,7 @@ def gate_views(g: Dict[str, Tensor], n_context: int, viewmat: Tensor, K: Tensor,
     per = g["means"].shape[0] // n_context
     errs = []
     for k in range(n_context):
-        gk = {key: x[k * per:(k + 1) * per] for key, x in g.items()}
-        rk = render_gaussians(gk, viewmat[None], K, w, h, sh_degree, with_features=False)
+        rk = render_gaussians(view_block(g, n_context, k), viewmat[None], K, w, h, sh_degree, with_features=False)
         covered = rk["alpha"][0, ..., 0] > 0.5
         if int(covered.sum()) < cfg.view_gate_min_pixels:
             errs.append(float("inf"))
@@ -140,11 +146,9 @@ def view_vote_features(model: UniSemPredictor, g: Dict[str, Tensor], n_views: in
     averaged with per-pixel weight ``alpha_k * exp(-mean|rgb_k - image| / tau)`` (``image`` [H, W, 3]).
     """
     h, w = image.shape[:2]
-    per = g["means"].shape[0] // n_views
     num, den = 0.0, 0.0
     for k in range(n_views):
-        gk = {key: x[k * per:(k + 1) * per] for key, x in g.items()}
-        rk = render_gaussians(gk, viewmat[None], K, w, h, sh_degree, with_features=True)
+        rk = render_gaussians(view_block(g, n_views, k), viewmat[None], K, w, h, sh_degree, with_features=True)
         weight = rk["alpha"][0]  # [H, W, 1]
         if tau > 0:
             weight = weight * torch.exp(-(rk["rgb"][0] - image).abs().mean(-1, keepdim=True) / tau)
