@@ -73,6 +73,10 @@ class PredictorConfig:
     latent is exactly the reduced 2D cue of its pixel (the render at a target = the context cues lifted on the
     predicted geometry) and the head learns a residual on top. Uni3R's head starts random; at CPU scale a random
     residual drowns the cue for the whole (short) training."""
+    head_init_scale: float = 0.01
+    """[R] Factor on the default init of the head's last conv weights, so the untrained head sits at its bias
+    (depth prior, identity rotation, opacity 0.5, input colour). Every figure in benchmarks/RESULTS.md used 0.01
+    (the head was scaled by 0.1 twice until the one call site made it explicit)."""
     expansion_downsample: float = 1.0
     """Bilinear factor before the 1x1 feature expansion (Uni3R: 0.5 at 256 px; 1.0 at our 64 px)."""
 

@@ -184,13 +184,14 @@ def gaussians_from_head(raw: Tensor, images: Tensor, cfg, rays: Tensor = None) -
             "sem": to_last(parts["sem"])}
 
 
-def init_head_bias(last: nn.Conv2d, sem_dim: int, sh_degree: int, zero_semantic: bool = False) -> None:
+def init_head_bias(last: nn.Conv2d, sem_dim: int, sh_degree: int, zero_semantic: bool = False,
+                   weight_scale: float = 0.1) -> None:
     """Start near the depth prior of :func:`gaussians_from_head`, identity rotations, opacity 0.5 and the input
-    colour: small weights, zero biases except the rotation's w; ``zero_semantic`` also zeroes the semantic
-    channels' weights (the latent starts as the lifted cue alone)."""
+    colour: weights times ``weight_scale``, zero biases except the rotation's w; ``zero_semantic`` also zeroes the
+    semantic channels' weights (the latent starts as the lifted cue alone)."""
     chans = head_channels(sem_dim, sh_degree)
     with torch.no_grad():
-        last.weight.mul_(0.1)
+        last.weight.mul_(weight_scale)
         last.bias.zero_()
         start = 0
         for name, n in chans.items():

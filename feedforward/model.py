@@ -154,7 +154,7 @@ class OutputHead(nn.Module):
         out = sum(head_channels(cfg.sem_dim, cfg.sh_degree).values())
         self.dpt = DPTHead([cfg.enc_dim, cfg.dec_dim, cfg.dec_dim, cfg.dec_dim], cfg.head_layer_dims,
                            cfg.head_feature_dim, out)
-        init_head_bias(self.dpt.head[-1], cfg.sem_dim, cfg.sh_degree)
+        # the last layer's start (init_head_bias) is set once by UniSemPredictor, after its weight init
 
 
 class UniSemPredictor(nn.Module):
@@ -183,7 +183,8 @@ class UniSemPredictor(nn.Module):
         self.feature_reduction = nn.Conv2d(cfg.cue_dim, cfg.sem_dim, 1) if cfg.semantic_input == "cue" else None
         self.apply(self._init)
         init_head_bias(self.head.dpt.head[-1], cfg.sem_dim, cfg.sh_degree,
-                       zero_semantic=cfg.semantic_residual and self.feature_reduction is not None)
+                       zero_semantic=cfg.semantic_residual and self.feature_reduction is not None,
+                       weight_scale=cfg.head_init_scale)
         self._tie_semantic_maps()
 
     def _tie_semantic_maps(self) -> None:
