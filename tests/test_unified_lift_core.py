@@ -3,6 +3,7 @@ cross-view id consistency, HDBSCAN baseline and the instance PLY."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -459,3 +460,60 @@ def test_mask_boundary_ignore_leaves_boundary_pixels_out():
     assert (plain["aux"]["pseudo_labels"][1:] >= 0).all()
     labelled = cut["aux"]["pseudo_labels"] >= 0
     assert not labelled[band].any() and labelled[~band & (ids > 0)].all()
+
+
+def test_contrastive_merge_keeps_split_halves_together():
+    """losses.contrastive_merge_cos: two masks of one view whose features already agree (the halves of an
+    over-segmented object) are one class, so the loss stops pushing them apart; a distinct object stays apart."""
+    from unisem_ns.unified_lift.contrastive import merge_similar_masks
+
+    gen = torch.Generator().manual_seed(0)
+    dirs = torch.linalg.qr(torch.randn(16, 16, generator=gen))[0][:2]
+    # masks 4 and 7 are halves of object a; mask 2 is object b
+    obj = torch.tensor([0] * 60 + [0] * 60 + [1] * 80)
+    ids = torch.tensor([4] * 60 + [7] * 60 + [2] * 80)
+    base = dirs[obj] + 0.05 * torch.randn(obj.numel(), 16, generator=gen)
+
+    fbar = F.normalize(base, dim=-1)
+    target = torch.unique(ids, return_inverse=True)[1]  # 2 -> 0, 4 -> 1, 7 -> 2
+    merged, n, dropped = merge_similar_masks(fbar, target, 3, 0.9)
+    assert (n, dropped) == (2, 1)
+    assert merged[ids == 4].unique().tolist() == merged[ids == 7].unique().tolist() != merged[ids == 2].unique().tolist()
+    assert merge_similar_masks(fbar, target, 3, 0.9999)[1] == 3  # nothing that similar
+
+    # gradient: without merging, the halves' features are pushed apart (their mutual cosine falls under descent)
+    def halves_cos_after_step(merge_cos):
+        f = base.clone().requires_grad_()
+        loss, info = contrastive_loss(f, ids, min_pixels=5, merge_cos=merge_cos)
+        loss.backward()
+        g = (f - 0.5 * f.grad / f.grad.norm()).detach()
+        h4, h7 = F.normalize(g[ids == 4].mean(0), dim=0), F.normalize(g[ids == 7].mean(0), dim=0)
+        return float(h4 @ h7), int(info["num_masks"])
+
+    cos_split, n_split = halves_cos_after_step(0.0)
+    cos_merged, n_merged = halves_cos_after_step(0.9)
+    assert (n_split, n_merged) == (3, 2)
+    assert cos_merged > cos_split
+
+
+def test_contrastive_filter_drops_unconfident_labels_from_the_contrastive_loss():
+    """losses.contrastive_filter: the noise filter's rejected pixels (a region a mask wrongly swallowed) are left
+    out of the contrastive loss too, so they no longer pull toward that mask; the confident pixels are unchanged."""
+    gen = torch.Generator().manual_seed(0)
+    dirs = torch.linalg.qr(torch.randn(16, 16, generator=gen))[0][:3]
+    obj = torch.tensor([0] * 170 + [1] * 30 + [1] * 150 + [2] * 100)  # mask 5 swallows 30 px of object b
+    ids = torch.tensor([5] * 200 + [9] * 150 + [2] * 100)
+    feats = (dirs[obj] + 0.05 * torch.randn(obj.numel(), 16, generator=gen)).reshape(10, 45, 16)
+    cfg = UnifiedLiftLossConfig(n_pixels=10_000, min_pixels=2, contrastive_weight=1.0)
+    grads = {}
+    for flag in (False, True):
+        f = feats.clone().requires_grad_()
+        out = unified_lift_losses(f, ids.reshape(10, 45), None, dataclasses.replace(
+            cfg, use_codebook=False, contrastive_filter=flag))
+        out["losses"]["contrastive"].backward()
+        grads[flag] = f.grad.reshape(-1, 16)
+    planted = torch.zeros(obj.numel(), dtype=torch.bool)
+    planted[170:200] = True
+    # filtered: the swallowed pixels get no pull toward mask 5's prototype (only their share in the others' softmax)
+    pull = lambda g: float((-g[planted] @ F.normalize(dirs[0], dim=0)).mean())  # noqa: E731
+    assert pull(grads[False]) > 0 and pull(grads[True]) < pull(grads[False])

@@ -156,8 +156,9 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         cfg = self.config.losses
         if cfg.use_codebook and self.step < self.config.codebook_start_step:
             cfg = dataclasses.replace(cfg, use_codebook=False)
-        if cfg.shared_code_threshold > 0 and self.step < cfg.shared_code_start_step:
-            cfg = dataclasses.replace(cfg, shared_code_threshold=0.0)
+        if self.step < cfg.robust_start_step:
+            cfg = dataclasses.replace(cfg, shared_code_threshold=0.0, contrastive_merge_cos=0.0,
+                                      contrastive_filter=False)
         codebook = self.codebook if cfg.use_codebook else None
         terms = unified_lift_losses(outputs["features"], ids, codebook, cfg, self._generator)
         losses.update({f"{k}_loss": v for k, v in terms["losses"].items()})

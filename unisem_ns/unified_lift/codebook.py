@@ -191,9 +191,15 @@ class UnifiedLiftLossConfig:
     #: [R] 0 = one-to-one ID mapping (paper). > 0: a mask at least this fraction of whose pixels already read as
     #: one entry (argmax) takes that entry even if another mask of the view holds it (``area_aware_assignment``)
     shared_code_threshold: float = 0.0
-    #: [R] steps of one-to-one mapping before sharing starts (early on every pixel reads as the same few entries,
-    #: and sharing would let all masks collapse onto them); applied by the model, which knows the step
-    shared_code_start_step: int = 500
+    #: [R] > 0: in the contrastive loss, masks of a view whose prototypes already agree (cosine above this) are
+    #: one class, so an over-segmented object's halves are not pushed apart (``merge_similar_masks``); 0 = paper
+    contrastive_merge_cos: float = 0.0
+    #: [R] also drop the noise filter's unconfident labels from the contrastive loss (the paper filters only
+    #: L_class and L_concen), so an under-segmented mask stops pulling two objects together
+    contrastive_filter: bool = False
+    #: [R] steps before the three options above (shared codes, contrastive merge, contrastive filter) start:
+    #: early on every feature is alike, so each would merge everything; applied by the model, which knows the step
+    robust_start_step: int = 500
     concentration_p: float = 2
     #: pixels per view for the codebook branch (filter, Hungarian, L_class, L_concen); 0 = every pixel (code)
     codebook_pixels: int = 0
@@ -245,15 +251,23 @@ def unified_lift_losses(
     feats = rendered_features.reshape(H * W, D)
     ids = mask_ids.reshape(H * W).to(device=feats.device, dtype=torch.long)
 
+    filtered = None
+    if cfg.contrastive_filter and cfg.use_noise_filter:
+        filtered = label_confidence(
+            feats.detach(), ids, cfg.filter_temp_scale, cfg.filter_temp_min, cfg.filter_temp_max,
+            cfg.conf_threshold, cfg.temp_log_offset,
+        )
+
     # --- feature branch: contrastive + norm on a random pixel batch ---
     idx = sample_pixels(H * W, cfg.n_pixels, generator).to(feats.device)
     f_s = feats[idx]
+    ids_con = ids if filtered is None else ids * filtered[1]
     min_pixels = cfg.min_pixels
     if cfg.min_pixels_relative and idx.numel() < cfg.n_pixels:
         min_pixels = max(2, round(cfg.min_pixels * idx.numel() / cfg.n_pixels))
     l_con, info = contrastive_loss(
-        f_s, ids[idx], min_pixels, cfg.contrastive_temp_scale, cfg.contrastive_temp_min,
-        cfg.contrastive_temp_max, cfg.temp_log_offset, cfg.contrastive_reduction,
+        f_s, ids_con[idx], min_pixels, cfg.contrastive_temp_scale, cfg.contrastive_temp_min,
+        cfg.contrastive_temp_max, cfg.temp_log_offset, cfg.contrastive_reduction, cfg.contrastive_merge_cos,
     )
     # the regulariser sees the same batch (void pixels included: every rendered feature should stay near unit length)
     l_norm = norm_regulariser(f_s)
@@ -262,6 +276,7 @@ def unified_lift_losses(
         "contrastive": l_con.detach(),
         "norm": l_norm.detach(),
         "num_masks": info["num_masks"].to(feats.device, torch.float32),
+        "merged_masks": info.get("merged", torch.tensor(0)).to(feats.device, torch.float32),
     }
     aux: Dict[str, Any] = {}
     if not cfg.use_codebook:
@@ -278,7 +293,9 @@ def unified_lift_losses(
     else:
         ids_cb = ids
     labelled = ids_cb > 0
-    if cfg.use_noise_filter:
+    if filtered is not None and cb_idx is None:
+        conf, keep = filtered
+    elif cfg.use_noise_filter:
         conf, keep = label_confidence(
             fd, ids_cb, cfg.filter_temp_scale, cfg.filter_temp_min, cfg.filter_temp_max, cfg.conf_threshold,
             cfg.temp_log_offset,

@@ -28,6 +28,7 @@ __all__ = [
     "unit_features",
     "mask_prototypes",
     "contrastive_loss",
+    "merge_similar_masks",
     "norm_regulariser",
 ]
 
@@ -112,6 +113,7 @@ def contrastive_loss(
     temp_max: float = TEMP_MAX,
     temp_log_offset: float = TEMP_LOG_OFFSET,
     reduction: str = "pixel",
+    merge_cos: float = 0.0,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Prototype InfoNCE over the masks of one view.
 
@@ -127,6 +129,8 @@ def contrastive_loss(
         features: ``[M, D]`` raw rendered features at the sampled pixels (not normalised).
         mask_ids: ``[M]`` int SAM ids; ``0`` = void (excluded). Id values are arbitrary per view.
         min_pixels: a mask needs **more than** this many samples to get a prototype; others are excluded.
+        merge_cos: > 0: masks whose (detached) unit prototypes have cosine above this are one class here
+            (transitively), so the halves of an over-segmented object are not pushed apart. 0 = off (paper).
 
     Returns:
         ``loss`` scalar (zero, not requiring grad, when no mask qualifies; one mask gives exactly 0) and
@@ -152,6 +156,9 @@ def contrastive_loss(
     fbar = unit_features(features[valid][keep])
     num_masks = int(big.sum())
 
+    merged = 0
+    if merge_cos > 0 and num_masks > 1:
+        target, num_masks, merged = merge_similar_masks(fbar, target, num_masks, merge_cos)
     mu, phi, _ = mask_prototypes(fbar, target, num_masks, temp_scale, temp_min, temp_max, temp_log_offset)
     logits = (fbar @ mu.T) / phi[None, :]  # [M', C]
     per_pixel = F.cross_entropy(logits, target, reduction="none")
@@ -160,9 +167,29 @@ def contrastive_loss(
     else:
         per_mask = per_pixel.new_zeros(num_masks).index_add(0, target, per_pixel)
         loss = (per_mask / torch.bincount(target, minlength=num_masks).to(per_pixel.dtype)).mean()
-    info.update(num_masks=torch.tensor(num_masks), num_pixels=torch.tensor(int(target.numel())),
+    info.update(num_masks=torch.tensor(num_masks), merged=torch.tensor(merged), num_pixels=torch.tensor(int(target.numel())),
                 phi=phi, labels=labels[big])
     return loss, info
+
+
+@torch.no_grad()
+def merge_similar_masks(fbar: torch.Tensor, target: torch.Tensor, num_masks: int, min_cos: float
+                        ) -> Tuple[torch.Tensor, int, int]:
+    """Relabel masks whose unit mean features have cosine > ``min_cos`` (connected components of that graph).
+
+    Returns ``(target [M'] relabelled 0..C'-1, C', C - C')``.
+    """
+    mu = F.normalize(fbar.new_zeros(num_masks, fbar.shape[-1]).index_add(0, target, fbar), dim=-1)
+    adj = (mu @ mu.T) > min_cos
+    adj |= torch.eye(num_masks, dtype=torch.bool, device=adj.device)
+    comp = torch.arange(num_masks, device=adj.device)
+    for _ in range(num_masks):  # min-label propagation; C is tens, converges in a few rounds
+        new = torch.where(adj, comp[None, :], num_masks).min(dim=1).values
+        if torch.equal(new, comp):
+            break
+        comp = new
+    roots, comp = torch.unique(comp, return_inverse=True)
+    return comp[target], int(roots.numel()), num_masks - int(roots.numel())
 
 
 def norm_regulariser(features: torch.Tensor) -> torch.Tensor:
