@@ -517,3 +517,32 @@ def test_contrastive_filter_drops_unconfident_labels_from_the_contrastive_loss()
     # filtered: the swallowed pixels get no pull toward mask 5's prototype (only their share in the others' softmax)
     pull = lambda g: float((-g[planted] @ F.normalize(dirs[0], dim=0)).mean())  # noqa: E731
     assert pull(grads[False]) > 0 and pull(grads[True]) < pull(grads[False])
+
+
+def test_drop_duplicate_codes_keeps_the_more_used_entry():
+    """duplicate_code_cos: a live entry pointing the same way as a more-used live entry (a split fragment's second
+    code) stops competing, so the object's pixels read as one id; distinct entries and dead ones are untouched."""
+    from unisem_ns.unified_lift import drop_duplicate_codes
+
+    cb = Codebook(6, 4)
+    with torch.no_grad():
+        cb.code.copy_(torch.tensor([
+            [1.0, 0.0, 0, 0],   # object a
+            [0.9, 0.2, 0, 0],   # a's duplicate (cos 0.98), used less
+            [0.0, 1.0, 0, 0],   # object b
+            [0.0, 0.0, 1, 0],   # object c
+            [0.6, 0.0, 0.8, 0], # cos 0.6 with a and 0.8 with c: only a duplicate at thresholds below 0.8
+            [1.0, 0.0, 0, 0],   # dead entry (not live)
+        ]))
+    live = torch.tensor([True, True, True, True, True, False])
+    usage = torch.tensor([0.5, 0.1, 0.4, 0.3, 0.05, 0.0])
+    assert drop_duplicate_codes(cb.code, live, usage, 0.9).tolist() == [True, False, True, True, True, False]
+    assert drop_duplicate_codes(cb.code, live, usage, 0.7).tolist() == [True, False, True, True, False, False]
+    assert drop_duplicate_codes(cb.code, live, usage, 1.0).tolist() == live.tolist()
+    # the more-used of a pair survives, whichever index it has
+    swapped = torch.tensor([0.1, 0.5, 0.4, 0.3, 0.05, 0.0])
+    assert drop_duplicate_codes(cb.code, live, swapped, 0.9).tolist()[:2] == [False, True]
+    # the duplicate's pixels now read as the surviving entry
+    f = torch.tensor([[1.0, 0.6, 0, 0]])
+    assert cb.instance_ids(f, live).tolist() == [1]
+    assert cb.instance_ids(f, drop_duplicate_codes(cb.code, live, usage, 0.9)).tolist() == [0]

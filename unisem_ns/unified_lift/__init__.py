@@ -6,7 +6,8 @@ Pure PyTorch / numpy / scipy core (no nerfstudio import), ALGORITHMS.md section 
 * :mod:`.noise_filter`: :func:`label_confidence` (uncertainty map -> keep mask).
 * :mod:`.id_mapping`: :func:`area_aware_assignment` (per-view Hungarian SAM id -> codebook id).
 * :mod:`.codebook`: :class:`Codebook`, :func:`class_loss`, :func:`concentration_loss`,
-  :class:`UnifiedLiftLossConfig`, :func:`unified_lift_losses` (everything for one view).
+  :class:`UnifiedLiftLossConfig`, :func:`unified_lift_losses` (everything for one view),
+  :func:`drop_duplicate_codes` (inference).
 * :mod:`.clustering`: HDBSCAN baseline (:func:`cluster_gaussian_features`, :func:`assign_pixels`).
 * :mod:`.export`: instance PLY (:func:`export_instance_ply`, :func:`read_instance_ply`).
 """
@@ -18,6 +19,7 @@ from .codebook import (
     UnifiedLiftLossConfig,
     class_loss,
     concentration_loss,
+    drop_duplicate_codes,
     unified_lift_losses,
 )
 from .contrastive import contrastive_loss, mask_prototypes, norm_regulariser, sample_pixels, unit_features
@@ -35,6 +37,7 @@ __all__ = [
     "UnifiedLiftLossConfig",
     "class_loss",
     "concentration_loss",
+    "drop_duplicate_codes",
     "unified_lift_losses",
     "contrastive_loss",
     "mask_prototypes",

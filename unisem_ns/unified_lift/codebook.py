@@ -94,6 +94,31 @@ class Codebook(nn.Module):
         return f"num_ids={self.code.shape[0]}, dim={self.code.shape[1]}"
 
 
+@torch.no_grad()
+def drop_duplicate_codes(code: torch.Tensor, live: torch.Tensor, usage: torch.Tensor, max_cos: float) -> torch.Tensor:
+    """``[L]`` bool: ``live`` without the entries that duplicate a more-used live entry.
+
+    Going from the most to the least used live entry (``usage [L]``), an entry whose direction has cosine above
+    ``max_cos`` with one already kept is dropped. A mask split in some views gets a second entry from the
+    one-to-one mapping, and the concentration loss pulls both onto the same object, so at inference the two
+    share its pixels (a false segment, and often a missed one). ``max_cos >= 1`` keeps ``live`` as is.
+    """
+    out = live.clone()
+    if max_cos >= 1 or int(live.sum()) < 2:
+        return out
+    idx = torch.nonzero(live).flatten()
+    idx = idx[torch.argsort(usage[idx], descending=True, stable=True)]
+    unit = F.normalize(code[idx].float(), dim=-1)
+    cos = unit @ unit.T
+    kept = torch.zeros(len(idx), dtype=torch.bool, device=code.device)
+    for i in range(len(idx)):
+        if bool((cos[i, :i][kept[:i]] > max_cos).any()):
+            out[idx[i]] = False
+        else:
+            kept[i] = True
+    return out
+
+
 def _selection(pseudo: torch.Tensor, keep: Optional[torch.Tensor]) -> torch.Tensor:
     sel = pseudo >= 0
     return sel if keep is None else sel & keep.to(torch.bool)
