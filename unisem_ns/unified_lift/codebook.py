@@ -265,7 +265,7 @@ def unified_lift_losses(
         ``{"losses": {name: weighted scalar}, "metrics": {name: detached scalar}, "aux": {...}}``.
         ``losses`` has ``contrastive`` and ``norm`` always, ``class`` and ``concentration`` with the codebook
         (``use_codebook=False`` is the clustering-baseline training: contrastive + norm only). ``metrics`` holds
-        the unweighted values and diagnostics (``num_masks``, ``keep_fraction``, ``class_skipped``,
+        the unweighted values and diagnostics (``num_masks``, ``merged_masks``, ``keep_fraction``, ``class_skipped``,
         ``mapped_ids``); ``aux`` the codebook branch's ``pseudo_labels [H, W]``, ``keep [H, W]``,
         ``confidence [H, W]`` (NaN-free, 0 where not computed), ``mapping`` dict and ``class_status`` str.
     """

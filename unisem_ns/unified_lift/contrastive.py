@@ -134,7 +134,8 @@ def contrastive_loss(
 
     Returns:
         ``loss`` scalar (zero, not requiring grad, when no mask qualifies; one mask gives exactly 0) and
-        ``info``: ``num_masks``, ``num_pixels`` (long scalars), ``phi [C]``, ``labels [C]`` (the kept SAM ids).
+        ``info``: ``num_masks`` (C, after any merge), ``merged`` (masks folded into another), ``num_pixels`` (long
+        scalars), ``phi [C]``, ``labels`` (the kept SAM ids, before any merge).
     """
     if reduction not in ("pixel", "mask"):
         raise ValueError(f"reduction must be 'pixel' or 'mask', not {reduction!r}")
@@ -143,8 +144,8 @@ def contrastive_loss(
     big = counts > min_pixels
     info: Dict[str, torch.Tensor] = {}
     if not bool(big.any()):
-        info.update(num_masks=torch.tensor(0), num_pixels=torch.tensor(0), phi=features.new_zeros(0),
-                    labels=labels[:0])
+        info.update(num_masks=torch.tensor(0), merged=torch.tensor(0), num_pixels=torch.tensor(0),
+                    phi=features.new_zeros(0), labels=labels[:0])
         return features.new_zeros(()), info
 
     # re-index the kept masks 0..C-1 and drop pixels of small masks
@@ -167,8 +168,8 @@ def contrastive_loss(
     else:
         per_mask = per_pixel.new_zeros(num_masks).index_add(0, target, per_pixel)
         loss = (per_mask / torch.bincount(target, minlength=num_masks).to(per_pixel.dtype)).mean()
-    info.update(num_masks=torch.tensor(num_masks), merged=torch.tensor(merged), num_pixels=torch.tensor(int(target.numel())),
-                phi=phi, labels=labels[big])
+    info.update(num_masks=torch.tensor(num_masks), merged=torch.tensor(merged),
+                num_pixels=torch.tensor(int(target.numel())), phi=phi, labels=labels[big])
     return loss, info
 
 
