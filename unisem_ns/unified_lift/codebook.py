@@ -276,12 +276,11 @@ def unified_lift_losses(
     feats = rendered_features.reshape(H * W, D)
     ids = mask_ids.reshape(H * W).to(device=feats.device, dtype=torch.long)
 
-    filtered = None
-    if cfg.contrastive_filter and cfg.use_noise_filter:
-        filtered = label_confidence(
-            feats.detach(), ids, cfg.filter_temp_scale, cfg.filter_temp_min, cfg.filter_temp_max,
-            cfg.conf_threshold, cfg.temp_log_offset,
-        )
+    def confidence(f: torch.Tensor, i: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return label_confidence(f, i, cfg.filter_temp_scale, cfg.filter_temp_min, cfg.filter_temp_max,
+                                cfg.conf_threshold, cfg.temp_log_offset)
+
+    filtered = confidence(feats.detach(), ids) if cfg.contrastive_filter and cfg.use_noise_filter else None
 
     # --- feature branch: contrastive + norm on a random pixel batch ---
     idx = sample_pixels(H * W, cfg.n_pixels, generator).to(feats.device)
@@ -301,7 +300,7 @@ def unified_lift_losses(
         "contrastive": l_con.detach(),
         "norm": l_norm.detach(),
         "num_masks": info["num_masks"].to(feats.device, torch.float32),
-        "merged_masks": info.get("merged", torch.tensor(0)).to(feats.device, torch.float32),
+        "merged_masks": info["merged"].to(feats.device, torch.float32),
     }
     aux: Dict[str, Any] = {}
     if not cfg.use_codebook:
@@ -321,10 +320,7 @@ def unified_lift_losses(
     if filtered is not None and cb_idx is None:
         conf, keep = filtered
     elif cfg.use_noise_filter:
-        conf, keep = label_confidence(
-            fd, ids_cb, cfg.filter_temp_scale, cfg.filter_temp_min, cfg.filter_temp_max, cfg.conf_threshold,
-            cfg.temp_log_offset,
-        )
+        conf, keep = confidence(fd, ids_cb)
     else:
         conf, keep = labelled.to(fd.dtype), labelled
 
