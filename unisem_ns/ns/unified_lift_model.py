@@ -108,7 +108,7 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     """Densify until this step. [R] 1000: Unified-Lift densifies for the first third of its 30k steps (until 10k);
     1000 is the same third of ns-train's default 3000. Pass 10000 with ``--max-num-iterations 30000`` for the paper's
     schedule. On the 1500-step benchmark, 1000 instead of 10000 (densifying to the end) raised PQ^scene at all three
-    seeds (mean 0.756 -> 0.775) and halved the training time (benchmarks/RESULTS.md)."""
+    seeds (mean 0.756 -> 0.775; benchmarks/RESULTS.md)."""
     feature_init_scale: float = 0.1
     """Multiplies the initial per-Gaussian features RGB2SH(U[0,1)) (entries up to +-1.77; 1.0 = the paper). [R] 0.1:
     with CPU-length schedules (a few thousand steps) the paper's init barely moves at lr 2.5e-3 (64x48 development
