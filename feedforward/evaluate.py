@@ -82,10 +82,8 @@ def evaluate_view_set(model: UniSemPredictor, vs: ViewSet, cfg: EvalConfig, labe
             vm, l1_before, l1_after = align_pose(render_rgb, vs.viewmats[t], image, cfg.pose_align_steps, cfg.pose_align_lr)
         with torch.no_grad():
             vote = cfg.semantic_fusion == "view_vote"  # semantics from per-view renders instead of the composite
-            # per-view renders, made once: the gate reads their RGB, the vote (when on) their features too
-            views = (render_views(g, vs.n_context, vm, K, w, h, pc.sh_degree, with_features=vote)
-                     if cfg.view_gate > 0 and vs.n_context > 1 else None)
-            gt_used, keep = gate_views(g, vs.n_context, vm, K, image, cfg, pc.sh_degree, views)
+            # the gate's per-view renders carry features when the vote will reuse them
+            gt_used, keep, views = gate_views(g, vs.n_context, vm, K, image, cfg, pc.sh_degree, with_features=vote)
             kept = len(keep)
             vote = vote and kept > 1
             r = render_gaussians(gt_used, vm[None], K, w, h, pc.sh_degree, with_features=not vote)
@@ -129,17 +127,15 @@ def render_views(g: Dict[str, Tensor], n_views: int, viewmat: Tensor, K: Tensor,
 
 
 def gate_views(g: Dict[str, Tensor], n_context: int, viewmat: Tensor, K: Tensor, image: Tensor, cfg: EvalConfig,
-               sh_degree: int = 0, renders: Optional[List[Dict[str, Tensor]]] = None):
+               sh_degree: int = 0, with_features: bool = False):
     """:attr:`EvalConfig.view_gate`: the Gaussians of the context views whose own render at the target pose is
-    photometrically close to the best view's, and the kept view indices. Identity when the gate is off.
-
-    ``renders``: the views' own renders at the target (:func:`render_views`), if already made."""
+    photometrically close to the best view's, the kept view indices, and every view's own render at the target
+    (:func:`render_views`, with features if ``with_features``; None when the gate is off). Identity when off."""
     if cfg.view_gate <= 0 or n_context <= 1:
-        return g, list(range(n_context))
+        return g, list(range(n_context)), None
     h, w = image.shape[:2]
     per = g["means"].shape[0] // n_context
-    if renders is None:
-        renders = render_views(g, n_context, viewmat, K, w, h, sh_degree)
+    renders = render_views(g, n_context, viewmat, K, w, h, sh_degree, with_features=with_features)
     errs = []
     for rk in renders:
         covered = rk["alpha"][0, ..., 0] > 0.5
@@ -150,7 +146,7 @@ def gate_views(g: Dict[str, Tensor], n_context: int, viewmat: Tensor, K: Tensor,
     best = min(errs)
     keep = [k for k, e in enumerate(errs) if e <= best * (1 + cfg.view_gate)] or [int(np.argmin(errs))]
     idx = torch.cat([torch.arange(k * per, (k + 1) * per, device=g["means"].device) for k in keep])
-    return {key: x.index_select(0, idx) for key, x in g.items()}, keep
+    return {key: x.index_select(0, idx) for key, x in g.items()}, keep, renders
 
 
 def view_vote_features(model: UniSemPredictor, g: Dict[str, Tensor], n_views: int, viewmat: Tensor, K: Tensor,

@@ -549,10 +549,11 @@ def test_view_gate_keeps_the_photometrically_consistent_view():
     good, bad = view(col), view(1 - col)
     image = render_gaussians(good, torch.eye(4)[None], K[None], w, h, 0, with_features=False)["rgb"][0]
     both = {k: torch.cat([bad[k], good[k]]) for k in good}
-    kept, k = gate_views(both, 2, torch.eye(4), K[None], image, EvalConfig(view_gate=0.1, view_gate_min_pixels=8))
-    assert k == [1] and torch.equal(kept["sh"], good["sh"])
-    same, k = gate_views(both, 2, torch.eye(4), K[None], image, EvalConfig(view_gate=0.0))
-    assert k == [0, 1] and same["sh"].shape[0] == 2 * n
+    gate = EvalConfig(view_gate=0.1, view_gate_min_pixels=8)
+    kept, k, renders = gate_views(both, 2, torch.eye(4), K[None], image, gate)
+    assert k == [1] and torch.equal(kept["sh"], good["sh"]) and len(renders) == 2
+    same, k, renders = gate_views(both, 2, torch.eye(4), K[None], image, EvalConfig(view_gate=0.0))
+    assert k == [0, 1] and same["sh"].shape[0] == 2 * n and renders is None
 
 
 def test_semantic_loss_is_taken_on_target_views_only(ff_corpus):
