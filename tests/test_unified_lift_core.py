@@ -21,6 +21,7 @@ from unisem_ns.unified_lift import (
     cluster_gaussian_features,
     concentration_loss,
     contrastive_loss,
+    edge_aware_filter,
     export_instance_ply,
     label_confidence,
     norm_regulariser,
@@ -436,6 +437,47 @@ def test_instance_ids_over_live_codes():
     live[[2, 5]] = True
     assert cb.instance_ids(f, live).tolist() == [2, 5]
     assert cb.instance_ids(f, torch.zeros(8, dtype=torch.bool)).tolist() == [7, 5]  # none live: all compete
+
+
+def _step_edge_case():
+    """A 12x12 view: the rendered colour is black for x < 6 and white from x = 6 on, but the id scores put the
+    boundary one column late (column 6, which is white, still leans to id 0, as a blurred render does)."""
+    H = W = 12
+    guide = torch.zeros(H, W, 3)
+    guide[:, 6:] = 1.0
+    scores = torch.zeros(H, W, 2)
+    scores[:, :6, 0] = 1.0
+    scores[:, 6, 0], scores[:, 6, 1] = 0.6, 0.4
+    scores[:, 7:, 1] = 1.0
+    return scores, guide
+
+
+def test_edge_aware_filter_moves_a_boundary_onto_the_colour_edge():
+    scores, guide = _step_edge_case()
+    assert (scores.argmax(-1)[:, 6] == 0).all()  # the premise: column 6 is wrong before filtering
+    ids = edge_aware_filter(scores, guide, radius=2, sigma_space=1.5, sigma_guide=0.1).argmax(-1)
+    expected = torch.zeros(12, 12, dtype=torch.long)
+    expected[:, 6:] = 1
+    assert torch.equal(ids, expected)
+    # It is the colour guide that moves it: with a flat guide the same window is a plain blur, and column 6 (three
+    # id-0 neighbours within 2 px against two id-1 ones) stays id 0.
+    blurred = edge_aware_filter(scores, torch.zeros_like(guide), radius=2, sigma_space=1.5, sigma_guide=0.1)
+    assert (blurred.argmax(-1)[:, 6] == 0).all()
+
+
+def test_edge_aware_filter_is_a_normalised_average():
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(9, 7, 5, generator=gen), dim=-1)
+    guide = torch.rand(9, 7, 3, generator=gen)
+    assert edge_aware_filter(probs, guide, radius=0) is probs
+    out = edge_aware_filter(probs, guide, radius=2)
+    assert out.shape == probs.shape
+    assert torch.allclose(out.sum(-1), torch.ones(9, 7), atol=1e-5)  # convex weights: probabilities stay ones
+    assert (out.min() >= probs.min() - 1e-6) and (out.max() <= probs.max() + 1e-6)
+    flat = torch.full((9, 7, 2), 0.3)
+    assert torch.allclose(edge_aware_filter(flat, guide, radius=3), flat)
+    with pytest.raises(ValueError, match="same H, W"):
+        edge_aware_filter(probs, guide[:4], radius=1)
 
 
 def test_mask_boundary_ignore_leaves_boundary_pixels_out():

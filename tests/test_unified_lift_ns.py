@@ -102,6 +102,40 @@ def test_inference_reads_only_codes_the_mapping_used(lift_run):
     assert len(used_all) >= len(used_live)
 
 
+def test_edge_aware_refinement_only_moves_boundaries(lift_run):
+    """The rendered instance map is the argmax after the edge-aware filter; without the rendered RGB, or with
+    refine_radius 0, it is the plain argmax over the live codes. The filter only re-decides pixels within its
+    radius of a plain boundary."""
+    import torch
+    import torch.nn.functional as F
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(lift_run / "config.yml", test_mode="test")
+    model = pipeline.model
+    r = model.config.refine_radius
+    assert r > 0
+    changed, total = 0, 0
+    for camera, _ in pipeline.datamanager.fixed_indices_eval_dataloader:
+        outputs = model.get_outputs_for_camera(camera)
+        plain = model.codebook.instance_ids(outputs["features"], model.live_codes())
+        assert torch.equal(model.instance_map(outputs["features"]), plain)
+        model.config.refine_radius = 0
+        assert torch.equal(model.instance_map(outputs["features"], outputs["rgb"]), plain)
+        model.config.refine_radius = r
+        refined = outputs["instances"]
+        edge = torch.zeros_like(plain, dtype=torch.bool)
+        edge[:, 1:] |= plain[:, 1:] != plain[:, :-1]
+        edge[:, :-1] |= plain[:, 1:] != plain[:, :-1]
+        edge[1:] |= plain[1:] != plain[:-1]
+        edge[:-1] |= plain[1:] != plain[:-1]
+        near = F.max_pool2d(edge[None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+        moved = refined != plain
+        assert not (moved & ~near).any()
+        changed += int(moved.sum())
+        total += moved.numel()
+    assert 0 < changed < 0.1 * total  # it does move some boundary pixels, and only a few
+
+
 def test_click_ray_selects_the_instance_rendered_at_that_pixel(lift_run):
     import torch
     from nerfstudio.utils.eval_utils import eval_setup
