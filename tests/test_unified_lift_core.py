@@ -21,7 +21,7 @@ from unisem_ns.unified_lift import (
     cluster_gaussian_features,
     concentration_loss,
     contrastive_loss,
-    edge_aware_filter,
+    edge_aware_argmax,
     export_instance_ply,
     label_confidence,
     norm_regulariser,
@@ -452,32 +452,53 @@ def _step_edge_case():
     return scores, guide
 
 
-def test_edge_aware_filter_moves_a_boundary_onto_the_colour_edge():
+def test_edge_aware_argmax_moves_a_boundary_onto_the_colour_edge():
     scores, guide = _step_edge_case()
     assert (scores.argmax(-1)[:, 6] == 0).all()  # the premise: column 6 is wrong before filtering
-    ids = edge_aware_filter(scores, guide, radius=2, sigma_space=1.5, sigma_guide=0.1).argmax(-1)
+    ids = edge_aware_argmax(scores, guide, radius=2, sigma_space=1.5, sigma_guide=0.1)
     expected = torch.zeros(12, 12, dtype=torch.long)
     expected[:, 6:] = 1
     assert torch.equal(ids, expected)
     # It is the colour guide that moves it: with a flat guide the same window is a plain blur, and column 6 (three
     # id-0 neighbours within 2 px against two id-1 ones) stays id 0.
-    blurred = edge_aware_filter(scores, torch.zeros_like(guide), radius=2, sigma_space=1.5, sigma_guide=0.1)
-    assert (blurred.argmax(-1)[:, 6] == 0).all()
+    blurred = edge_aware_argmax(scores, torch.zeros_like(guide), radius=2, sigma_space=1.5, sigma_guide=0.1)
+    assert (blurred[:, 6] == 0).all()
 
 
-def test_edge_aware_filter_is_a_normalised_average():
+def _dense_joint_bilateral(scores, guide, r, ss, sg):
+    """Reference: the filter at every pixel, one window offset at a time, borders replicated."""
+    H, W, _ = scores.shape
+    s = F.pad(scores.permute(2, 0, 1)[None], (r, r, r, r), mode="replicate")[0]
+    g = F.pad(guide.permute(2, 0, 1)[None], (r, r, r, r), mode="replicate")[0]
+    g0 = guide.permute(2, 0, 1)
+    num, den = 0.0, 0.0
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            gq = g[:, r + dy : r + dy + H, r + dx : r + dx + W]
+            w = torch.exp(-(dy * dy + dx * dx) / (2 * ss * ss) - ((gq - g0) ** 2).sum(0) / (2 * sg * sg))
+            num = num + w * s[:, r + dy : r + dy + H, r + dx : r + dx + W]
+            den = den + w
+    return (num / den).permute(1, 2, 0)
+
+
+def test_edge_aware_argmax_equals_the_dense_filter():
+    """Filtering only where a window holds two plain ids gives the dense filter's argmax everywhere (blobs of
+    ids with smooth scores, a random colour guide, small chunks so the gather runs in several steps)."""
     gen = torch.Generator().manual_seed(0)
-    probs = torch.softmax(torch.randn(9, 7, 5, generator=gen), dim=-1)
-    guide = torch.rand(9, 7, 3, generator=gen)
-    assert edge_aware_filter(probs, guide, radius=0) is probs
-    out = edge_aware_filter(probs, guide, radius=2)
-    assert out.shape == probs.shape
-    assert torch.allclose(out.sum(-1), torch.ones(9, 7), atol=1e-5)  # convex weights: probabilities stay ones
-    assert (out.min() >= probs.min() - 1e-6) and (out.max() <= probs.max() + 1e-6)
-    flat = torch.full((9, 7, 2), 0.3)
-    assert torch.allclose(edge_aware_filter(flat, guide, radius=3), flat)
+    H, W, K = 20, 24, 5
+    centres = torch.randn(K, 2, generator=gen) * 8 + torch.tensor([10.0, 12.0])
+    yy, xx = torch.meshgrid(torch.arange(H).float(), torch.arange(W).float(), indexing="ij")
+    dist = ((torch.stack([yy, xx], -1)[:, :, None] - centres) ** 2).sum(-1)  # [H, W, K]
+    probs = torch.softmax(-dist / 20 + 0.3 * torch.randn(H, W, K, generator=gen), dim=-1)
+    guide = torch.rand(H, W, 3, generator=gen)
+    assert torch.equal(edge_aware_argmax(probs, guide, radius=0), probs.argmax(-1))
+    for r, ss, sg in [(1, 1.0, 0.1), (2, 1.5, 0.3), (3, 2.0, 0.5)]:
+        got = edge_aware_argmax(probs, guide, r, ss, sg, chunk_elements=2000)
+        want = _dense_joint_bilateral(probs, guide, r, ss, sg).argmax(-1)
+        assert torch.equal(got, want), (r, (got != want).sum())
+        assert (got != probs.argmax(-1)).any()  # the case is not trivial
     with pytest.raises(ValueError, match="same H, W"):
-        edge_aware_filter(probs, guide[:4], radius=1)
+        edge_aware_argmax(probs, guide[:4], radius=1)
 
 
 def test_mask_boundary_ignore_leaves_boundary_pixels_out():

@@ -34,7 +34,7 @@ from unisem_ns.unified_lift import (
     cluster_centres,
     cluster_gaussian_features,
     drop_duplicate_codes,
-    edge_aware_filter,
+    edge_aware_argmax,
     export_instance_ply,
     unified_lift_losses,
 )
@@ -242,8 +242,7 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
             ids = torch.nonzero(live).squeeze(-1) if live is not None else None
             code = self.codebook.code if ids is None else self.codebook.code[ids]
             scores = torch.softmax(features @ code.T, dim=-1)
-        scores = edge_aware_filter(scores, rgb, cfg.refine_radius, cfg.refine_sigma_space, cfg.refine_sigma_rgb)
-        best = scores.argmax(dim=-1)
+        best = edge_aware_argmax(scores, rgb, cfg.refine_radius, cfg.refine_sigma_space, cfg.refine_sigma_rgb)
         return best if ids is None else ids[best]
 
     def predict_instances(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:

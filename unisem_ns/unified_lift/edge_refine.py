@@ -14,52 +14,65 @@ import torch
 import torch.nn.functional as F
 
 
-def edge_aware_filter(
+def edge_aware_argmax(
     scores: torch.Tensor,
     guide: torch.Tensor,
     radius: int = 2,
     sigma_space: float = 1.5,
     sigma_guide: float = 0.1,
+    chunk_elements: int = 1 << 23,
 ) -> torch.Tensor:
-    """Joint bilateral filter of per-pixel scores, guided by an image.
+    """Argmax id per pixel of the scores after a joint bilateral filter guided by an image.
 
-    Pixel ``p`` gets ``sum_q w(p, q) scores[q] / sum_q w(p, q)`` over the ``(2 radius + 1)^2`` window, with
-    ``w(p, q) = exp(-|p - q|^2 / (2 sigma_space^2) - |guide[p] - guide[q]|^2 / (2 sigma_guide^2))``; borders
-    replicate. Linear in ``scores``, so constant maps are unchanged and ``radius=0`` is the identity.
+    The filtered score of pixel ``p`` is ``sum_q w(p, q) scores[q] / sum_q w(p, q)`` over the ``(2 radius + 1)^2``
+    window (borders replicate), ``w(p, q) = exp(-|p - q|^2 / (2 sigma_space^2) - |guide[p] - guide[q]|^2 /
+    (2 sigma_guide^2))``. Only pixels whose window holds more than one plain argmax are filtered: elsewhere every
+    neighbour's score vector peaks at the same id, so their weighted mean peaks there too and the id cannot change.
+    That is a small band along the boundaries, which keeps viewer-size renders cheap.
 
     Args:
-        scores: ``[H, W, K]`` float, one map per id (probabilities, similarities, one-hot votes...).
+        scores: ``[H, W, K]`` float, one score per id (probabilities, similarities...).
         guide: ``[H, W, C]`` float guide image, e.g. the rendered RGB in [0, 1].
-        radius: half window in pixels (0 = return ``scores``).
+        radius: half window in pixels (0 = plain argmax).
         sigma_space: spatial std in pixels.
         sigma_guide: std of the guide difference (Euclidean over the C channels).
+        chunk_elements: bound on the gathered ``[pixels, window, K]`` block per step (memory).
 
     Returns:
-        ``[H, W, K]`` filtered scores, same dtype and device as ``scores``.
+        ``[H, W]`` long ids in ``[0, K)``.
     """
     if scores.dim() != 3 or guide.dim() != 3 or scores.shape[:2] != guide.shape[:2]:
-        raise ValueError(f"edge_aware_filter wants scores [H, W, K] and guide [H, W, C] of the same H, W; got "
+        raise ValueError(f"edge_aware_argmax wants scores [H, W, K] and guide [H, W, C] of the same H, W; got "
                          f"{tuple(scores.shape)} and {tuple(guide.shape)}")
     if radius < 0 or sigma_space <= 0 or sigma_guide <= 0:
-        raise ValueError("edge_aware_filter needs radius >= 0 and positive sigmas")
+        raise ValueError("edge_aware_argmax needs radius >= 0 and positive sigmas")
+    ids = scores.argmax(dim=-1)
     if radius == 0:
-        return scores
-    H, W, _ = scores.shape
-    r = radius
-    s = scores.permute(2, 0, 1)
-    g = guide.to(scores.dtype).permute(2, 0, 1)
-    s_pad = F.pad(s[None], (r, r, r, r), mode="replicate")[0]
-    g_pad = F.pad(g[None], (r, r, r, r), mode="replicate")[0]
-    num = torch.zeros_like(s)
-    den = torch.zeros_like(s[:1])
-    # One shifted copy at a time keeps memory at O(K H W), not O(window K H W).
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            g_q = g_pad[:, r + dy : r + dy + H, r + dx : r + dx + W]
-            log_w = -(dy * dy + dx * dx) / (2.0 * sigma_space**2) - ((g_q - g) ** 2).sum(0, keepdim=True) / (
-                2.0 * sigma_guide**2
-            )
-            w = log_w.exp()
-            num += w * s_pad[:, r + dy : r + dy + H, r + dx : r + dx + W]
-            den += w
-    return (num / den).permute(1, 2, 0)
+        return ids
+    H, W, K = scores.shape
+    side = 2 * radius + 1
+    plain = ids[None, None].to(scores.dtype)
+    window_max = F.max_pool2d(plain, side, stride=1, padding=radius)[0, 0]
+    window_min = -F.max_pool2d(-plain, side, stride=1, padding=radius)[0, 0]
+    ys, xs = torch.nonzero(window_max != window_min, as_tuple=True)
+    if ys.numel() == 0:
+        return ids
+    offsets = torch.arange(-radius, radius + 1, device=scores.device)
+    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+    dy, dx = dy.reshape(-1), dx.reshape(-1)
+    log_space = -(dy * dy + dx * dx).to(scores.dtype) / (2.0 * sigma_space**2)  # [S]
+    flat_scores = scores.reshape(H * W, K)
+    flat_guide = guide.to(scores.dtype).reshape(H * W, -1)
+    out = ids.reshape(-1).clone()
+    step = max(1, chunk_elements // (dy.numel() * K))
+    for start in range(0, ys.numel(), step):
+        y, x = ys[start : start + step], xs[start : start + step]
+        qy = (y[:, None] + dy).clamp(0, H - 1)  # [M, S]; clamping = replicated borders
+        qx = (x[:, None] + dx).clamp(0, W - 1)
+        q = qy * W + qx
+        p = y * W + x
+        diff = flat_guide[q] - flat_guide[p][:, None]  # [M, S, C]
+        w = (log_space - (diff * diff).sum(-1) / (2.0 * sigma_guide**2)).exp()  # [M, S]
+        filtered = (w[..., None] * flat_scores[q]).sum(1)  # [M, K]; the normaliser does not change the argmax
+        out[p] = filtered.argmax(dim=-1)
+    return out.reshape(H, W)
