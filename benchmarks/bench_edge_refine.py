@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from unisem_ns.unified_lift import edge_aware_argmax
+from unisem_ns.unified_lift import boundary_band, edge_aware_argmax
 from unisem_ns.utils.atomic import atomic_write_json
 from unisem_ns.utils.system import machine_description
 
@@ -57,9 +56,7 @@ def main() -> None:
         guide = torch.rand(h, w, 3, generator=torch.Generator().manual_seed(1))
         plain_ms = timed(lambda: scores.argmax(-1), args.repeats)
         refined_ms = timed(lambda: edge_aware_argmax(scores, guide, 2, 1.5, 0.1), args.repeats)
-        ids = scores.argmax(-1)[None, None].float()
-        mixed = F.max_pool2d(ids, 5, 1, 2) != -F.max_pool2d(-ids, 5, 1, 2)
-        share = float(mixed.float().mean())
+        share = float(boundary_band(scores.argmax(-1), 2).float().mean())
         rows.append({"height": h, "width": w, "ids": args.ids, "plain_ms": plain_ms, "refined_ms": refined_ms,
                      "ratio": refined_ms / plain_ms, "redecided_share": share})
         print(f"{f'{w}x{h}':>10} {plain_ms:9.1f} {refined_ms:11.1f} {refined_ms / plain_ms:6.1f} {share:11.1%}")

@@ -30,7 +30,7 @@ from unisem_ns.ns.splat_model import UnisemSplatModel, UnisemSplatModelConfig
 from unisem_ns.unified_lift import (
     Codebook,
     UnifiedLiftLossConfig,
-    assign_pixels,
+    centre_similarity,
     cluster_centres,
     cluster_gaussian_features,
     drop_duplicate_codes,
@@ -224,25 +224,29 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
     # ------------------------------------------------------------------------------------------- inference
 
     @torch.no_grad()
+    def instance_scores(self, features: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Per-id scores ``[..., K]`` of features ``[..., D]`` and the ids ``[K]`` they stand for (None: 0..K-1).
+        'codebook': logits over the competing (live) codes; 'cluster': cosine to the HDBSCAN centres."""
+        if self.config.inference == "cluster":
+            return centre_similarity(features, self._centres()), None
+        live = self.live_codes()
+        ids = torch.nonzero(live).squeeze(-1) if live is not None else None
+        code = self.codebook.code if ids is None else self.codebook.code[ids]
+        return features @ code.T, ids
+
+    @torch.no_grad()
     def instance_map(self, features: torch.Tensor, rgb: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """[H, W] long instance ids of a rendered feature image [H, W, D]; with the rendered ``rgb`` [H, W, 3] and
-        ``refine_radius`` > 0 the per-id scores are first filtered edge-aware on it."""
+        """[H, W] long instance ids of a rendered feature image [H, W, D] (or [N] of features [N, D] without ``rgb``):
+        the argmax of :meth:`instance_scores`; with the rendered ``rgb`` [H, W, 3] and ``refine_radius`` > 0, after
+        the edge-aware filter on it (of the codebook probabilities, or of the cluster cosines)."""
         cfg = self.config
+        scores, ids = self.instance_scores(features)
         if rgb is None or cfg.refine_radius <= 0:
-            if cfg.inference == "cluster":
-                return assign_pixels(features, self._centres())
-            flat = features.reshape(-1, features.shape[-1])
-            return self.codebook.instance_ids(flat, self.live_codes()).reshape(features.shape[:-1])
-        if cfg.inference == "cluster":
-            ids = None
-            centres = F.normalize(self._centres().to(features), dim=-1)
-            scores = F.normalize(features, dim=-1) @ centres.T
+            best = scores.argmax(dim=-1)
         else:
-            live = self.live_codes()
-            ids = torch.nonzero(live).squeeze(-1) if live is not None else None
-            code = self.codebook.code if ids is None else self.codebook.code[ids]
-            scores = torch.softmax(features @ code.T, dim=-1)
-        best = edge_aware_argmax(scores, rgb, cfg.refine_radius, cfg.refine_sigma_space, cfg.refine_sigma_rgb)
+            if cfg.inference != "cluster":
+                scores = torch.softmax(scores, dim=-1)
+            best = edge_aware_argmax(scores, rgb, cfg.refine_radius, cfg.refine_sigma_space, cfg.refine_sigma_rgb)
         return best if ids is None else ids[best]
 
     def predict_instances(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -274,10 +278,7 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
     @torch.no_grad()
     def gaussian_instance_ids(self) -> torch.Tensor:
         """[N] instance id of every Gaussian (its own feature read out like a pixel's)."""
-        feats = self.gauss_params["features_sem"].detach()
-        if self.config.inference == "cluster":
-            return assign_pixels(feats[None], self._centres().to(feats.device))[0]
-        return self.codebook.instance_ids(feats, self.live_codes())
+        return self.instance_map(self.gauss_params["features_sem"].detach())
 
     def instance_language(self) -> torch.Tensor:
         """[L, D] unit language embedding per codebook id (zero for ids never seen with a cue)."""

@@ -8,12 +8,13 @@ Pure PyTorch / numpy / scipy core (no nerfstudio import), ALGORITHMS.md section 
 * :mod:`.codebook`: :class:`Codebook`, :func:`class_loss`, :func:`concentration_loss`,
   :class:`UnifiedLiftLossConfig`, :func:`unified_lift_losses` (everything for one view),
   :func:`drop_duplicate_codes` (inference).
-* :mod:`.edge_refine`: :func:`edge_aware_argmax` (inference: id boundaries snapped to the render's colour edges).
+* :mod:`.edge_refine`: :func:`edge_aware_argmax` (inference: id boundaries snapped to the render's colour edges),
+  :func:`boundary_band`.
 * :mod:`.clustering`: HDBSCAN baseline (:func:`cluster_gaussian_features`, :func:`assign_pixels`).
 * :mod:`.export`: instance PLY (:func:`export_instance_ply`, :func:`read_instance_ply`).
 """
 
-from .clustering import ClusteringConfig, assign_pixels, cluster_centres, cluster_gaussian_features
+from .clustering import ClusteringConfig, assign_pixels, centre_similarity, cluster_centres, cluster_gaussian_features
 from .codebook import (
     Codebook,
     CodebookConfig,
@@ -24,7 +25,7 @@ from .codebook import (
     unified_lift_losses,
 )
 from .contrastive import contrastive_loss, mask_prototypes, norm_regulariser, sample_pixels, unit_features
-from .edge_refine import edge_aware_argmax
+from .edge_refine import boundary_band, edge_aware_argmax
 from .export import InstancePly, export_instance_ply, instance_colours, read_instance_ply
 from .id_mapping import area_aware_assignment
 from .noise_filter import label_confidence
@@ -32,6 +33,7 @@ from .noise_filter import label_confidence
 __all__ = [
     "ClusteringConfig",
     "assign_pixels",
+    "centre_similarity",
     "cluster_centres",
     "cluster_gaussian_features",
     "Codebook",
@@ -46,6 +48,7 @@ __all__ = [
     "norm_regulariser",
     "sample_pixels",
     "unit_features",
+    "boundary_band",
     "edge_aware_argmax",
     "InstancePly",
     "export_instance_ply",

@@ -19,7 +19,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-__all__ = ["ClusteringConfig", "cluster_gaussian_features", "cluster_centres", "assign_pixels"]
+__all__ = ["ClusteringConfig", "cluster_gaussian_features", "cluster_centres", "centre_similarity", "assign_pixels"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -135,10 +135,15 @@ def _nearest(f: np.ndarray, centres: np.ndarray, chunk: int = 65536):
     return idx, best
 
 
-def assign_pixels(rendered_features: torch.Tensor, centres: ArrayLike) -> torch.Tensor:
-    """Instance map ``[H, W]`` (long): nearest cluster centre ``[C, D]`` by cosine for features ``[H, W, D]``."""
+def centre_similarity(rendered_features: torch.Tensor, centres: ArrayLike) -> torch.Tensor:
+    """Cosine ``[..., C]`` of features ``[..., D]`` to every cluster centre ``[C, D]``."""
     c = torch.as_tensor(_to_numpy(centres) if not isinstance(centres, torch.Tensor) else centres)
     c = c.to(rendered_features.device, rendered_features.dtype)
     c = c / c.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     f = rendered_features / rendered_features.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    return (f @ c.T).argmax(dim=-1)
+    return f @ c.T
+
+
+def assign_pixels(rendered_features: torch.Tensor, centres: ArrayLike) -> torch.Tensor:
+    """Instance map ``[H, W]`` (long): nearest cluster centre ``[C, D]`` by cosine for features ``[H, W, D]``."""
+    return centre_similarity(rendered_features, centres).argmax(dim=-1)

@@ -14,6 +14,15 @@ import torch
 import torch.nn.functional as F
 
 
+def boundary_band(ids: torch.Tensor, radius: int) -> torch.Tensor:
+    """``[H, W]`` bool: pixels whose ``(2 radius + 1)^2`` window holds more than one id of ``ids`` ``[H, W]``."""
+    side = 2 * radius + 1
+    x = ids[None, None].float()
+    window_max = F.max_pool2d(x, side, stride=1, padding=radius)[0, 0]
+    window_min = -F.max_pool2d(-x, side, stride=1, padding=radius)[0, 0]
+    return window_max != window_min
+
+
 def edge_aware_argmax(
     scores: torch.Tensor,
     guide: torch.Tensor,
@@ -50,11 +59,7 @@ def edge_aware_argmax(
     if radius == 0:
         return ids
     H, W, K = scores.shape
-    side = 2 * radius + 1
-    plain = ids[None, None].to(scores.dtype)
-    window_max = F.max_pool2d(plain, side, stride=1, padding=radius)[0, 0]
-    window_min = -F.max_pool2d(-plain, side, stride=1, padding=radius)[0, 0]
-    ys, xs = torch.nonzero(window_max != window_min, as_tuple=True)
+    ys, xs = torch.nonzero(boundary_band(ids, radius), as_tuple=True)
     if ys.numel() == 0:
         return ids
     offsets = torch.arange(-radius, radius + 1, device=scores.device)
