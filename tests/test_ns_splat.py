@@ -68,6 +68,45 @@ def test_outputs_carry_the_feature_channel(runs):
     assert pipeline.model.info["backend"] == "torch"
 
 
+def test_depth_loss_is_the_relative_error_to_the_depth_map_and_moves_the_gaussians(runs):
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(runs["resumed"] / "config.yml", test_mode="test")
+    model = pipeline.model
+    camera = pipeline.datamanager.train_dataset.cameras[0:1]
+    base = {"image": torch.zeros(int(camera.height), int(camera.width), 3)}
+
+    def loss_terms(weight: float, depth_map=None):
+        model.config.depth_loss_weight = weight
+        model.zero_grad(set_to_none=True)
+        model.eval()  # a differentiable render with depth, outside the trainer (no densification bookkeeping)
+        outputs = model.get_outputs(camera)
+        batch = dict(base) if depth_map is None else {**base, "depth_image": depth_map(outputs["depth"].detach())}
+        model.train()  # the loss is a training-time term
+        return outputs, model.get_loss_dict(outputs, batch)
+
+    try:
+        _, losses = loss_terms(0.0, lambda d: d * 1.25)
+        assert "depth_loss" not in losses  # off by default
+        _, losses = loss_terms(0.5)
+        assert "depth_loss" not in losses  # a scene without depth maps trains on RGB alone
+        _, losses = loss_terms(0.5, lambda d: d)
+        assert float(losses["depth_loss"]) < 1e-6  # rendered depth equal to the map: nothing to pay
+        # a map 25 % deeper everywhere except a void strip (0 = no depth there): |d - 1.25 d| / 1.25 d = 0.2
+        def deeper(d):
+            out = d * 1.25
+            out[:, :3] = 0.0
+            return out
+        outputs, losses = loss_terms(0.5, deeper)
+        assert float(losses["depth_loss"]) == pytest.approx(0.5 * 0.2, rel=1e-4)
+        losses["depth_loss"].backward()
+        grad = model.gauss_params["means"].grad
+        assert grad is not None and float(grad.abs().sum()) > 0
+    finally:
+        model.config.depth_loss_weight = 0.0
+        model.eval()
+
+
 def test_ns_train_lists_the_method():
     proc = run_cli([ns_bin("ns-train"), "--help"])
     assert proc.returncode == 0

@@ -45,6 +45,10 @@ class UnisemSplatModelConfig(SplatfactoModelConfig):
     """Densify on absolute 2D gradients (gsplat's absgrad; emulated exactly by the PyTorch backend)."""
     num_downscales: int = 0
     """Train at 1/2^k resolution first (Splatfacto uses 2 for multi-megapixel captures; our scenes are small)."""
+    depth_loss_weight: float = 0.0
+    """[R] Weight of a depth loss on training views that carry a depth map (RGB-D scenes: ours, ScanNet,
+    Replica): mean |d - d_gt| / d_gt of the rendered expected depth over pixels with valid depth. 0 = off
+    (Splatfacto and the papers train on RGB only)."""
 
 
 class UnisemSplatModel(SplatfactoModel):
@@ -207,7 +211,8 @@ class UnisemSplatModel(SplatfactoModel):
         self.last_size = (H, W)
         camera.rescale_output_resolution(scale_fac)
 
-        render_mode = "RGB+ED" if (self.config.output_depth_during_training or not self.training) else "RGB"
+        want_depth = self.config.output_depth_during_training or self.config.depth_loss_weight > 0
+        render_mode = "RGB+ED" if (want_depth or not self.training) else "RGB"
         colors = self._render_colors(params["means"], params["features_dc"], params["features_rest"], viewmat)
         if "features_sem" in params:
             feats = self.gaussian_features(params["features_sem"])
@@ -252,6 +257,17 @@ class UnisemSplatModel(SplatfactoModel):
         if "features_sem" in params:
             outputs["features"] = render[..., 3 : 3 + self.config.feature_dim].squeeze(0)
         return outputs
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
+        losses = super().get_loss_dict(outputs, batch, metrics_dict)
+        weight = self.config.depth_loss_weight
+        if weight > 0 and self.training and "depth_image" in batch and outputs.get("depth") is not None:
+            gt = batch["depth_image"].to(self.device)
+            valid = gt > 0
+            if bool(valid.any()):
+                rel = (outputs["depth"][valid] - gt[valid]).abs() / gt[valid]
+                losses["depth_loss"] = weight * rel.mean()
+        return losses
 
     def _empty_outputs(self, width: int, height: int) -> Dict[str, torch.Tensor]:
         out = self.get_empty_outputs(width, height, self.background_color.to(self.device))
