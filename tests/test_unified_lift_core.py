@@ -609,3 +609,64 @@ def test_drop_duplicate_codes_keeps_the_more_used_entry():
     f = torch.tensor([[1.0, 0.6, 0, 0]])
     assert cb.instance_ids(f, live).tolist() == [1]
     assert cb.instance_ids(f, drop_duplicate_codes(cb.code, live, usage, 0.9)).tolist() == [0]
+
+
+# --------------------------------------------------------------------------------------- 3D kNN regulariser
+
+
+def test_nearest_neighbours_skip_the_query_and_match_brute_force():
+    from unisem_ns.unified_lift import nearest_neighbours
+
+    gen = torch.Generator().manual_seed(0)
+    points = torch.rand(300, 3, generator=gen)
+    query_idx = torch.tensor([0, 5, 299, 17])
+    for method in ("kdtree", "cdist"):
+        nn = nearest_neighbours(points[query_idx], points, k=4, method=method, chunk=3)  # chunks < queries
+        assert nn.shape == (4, 4) and nn.dtype == torch.long
+        for row, q in zip(nn.tolist(), query_idx.tolist()):
+            d = (points - points[q]).norm(dim=-1)
+            d[q] = float("inf")
+            assert row == torch.topk(d, 4, largest=False).indices.tolist()  # nearest first
+    with pytest.raises(ValueError, match="kdtree"):
+        nearest_neighbours(points[:2], points, k=2, method="ball")
+
+
+def test_knn_regulariser_is_zero_on_consistent_clusters_and_pulls_a_stray_feature_in():
+    from unisem_ns.unified_lift import knn_feature_regulariser
+
+    gen = torch.Generator().manual_seed(0)
+    # two tight clusters far apart, each with its own feature direction (lengths differ: only directions count)
+    a = torch.randn(20, 3, generator=gen) * 0.01
+    b = torch.randn(20, 3, generator=gen) * 0.01 + 10.0
+    means = torch.cat([a, b])
+    e0, e1 = torch.eye(4)[0], torch.eye(4)[1]
+    feats = torch.cat([e0.expand(20, 4) * 3.0, e1.expand(20, 4) * 0.5])
+    assert float(knn_feature_regulariser(means, feats, k=5, num_samples=64, generator=gen)) == pytest.approx(0.0, abs=1e-10)
+
+    # one Gaussian of cluster a carries cluster b's feature: the loss sees it, and its gradient turns it back
+    feats = feats.clone()
+    feats[3] = e1
+    feats.requires_grad_(True)
+    opt = torch.optim.SGD([feats], lr=0.5)
+    start = None
+    for _ in range(50):
+        loss = knn_feature_regulariser(means, feats, k=5, num_samples=64, generator=gen)
+        start = float(loss) if start is None else start
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert start > 0.05
+    stray = F.normalize(feats[3].detach(), dim=0)
+    assert float(stray @ e0) > 0.9, stray
+    # ... while the two clusters keep their own directions
+    assert float(F.normalize(feats[10].detach(), dim=0) @ e0) > 0.99
+    assert float(F.normalize(feats[30].detach(), dim=0) @ e1) > 0.99
+
+
+def test_knn_regulariser_tiny_inputs():
+    from unisem_ns.unified_lift import knn_feature_regulariser
+
+    assert float(knn_feature_regulariser(torch.zeros(1, 3), torch.ones(1, 4))) == 0.0
+    # two Gaussians: k is capped at the one other Gaussian; opposite features give the maximum, 4
+    loss = knn_feature_regulariser(torch.tensor([[0.0, 0, 0], [1.0, 0, 0]]), torch.tensor([[1.0, 0], [-1.0, 0]]), k=5)
+    assert float(loss) == pytest.approx(4.0)

@@ -102,6 +102,44 @@ def test_inference_reads_only_codes_the_mapping_used(lift_run):
     assert len(used_all) >= len(used_live)
 
 
+def test_knn_feature_loss_joins_training_with_its_own_draws(lift_run):
+    """The 3D kNN regulariser is a training loss on the Gaussian features when its weight is > 0, drawn from its
+    own generator (so switching it on moves no other random draw)."""
+    import torch
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from unisem_ns.unified_lift import knn_feature_regulariser
+
+    _, pipeline, _, _ = eval_setup(lift_run / "config.yml", test_mode="test")
+    model = pipeline.model
+    camera = pipeline.datamanager.train_dataset.cameras[0:1]
+    batch = pipeline.datamanager.train_dataset[0]
+    weight = model.config.knn_feature_weight
+    try:
+        for w in (0.0, 0.5):
+            model.config.knn_feature_weight = w
+            model._knn_generator.manual_seed(1)
+            model.zero_grad(set_to_none=True)
+            model.eval()  # a differentiable render outside the trainer (no densification bookkeeping)
+            outputs = model.get_outputs(camera)
+            model.train()
+            losses = model.get_loss_dict(outputs, batch)
+            if w == 0:
+                assert "knn_feature_loss" not in losses
+                continue
+            expected = knn_feature_regulariser(model.gauss_params["means"], model.gauss_params["features_sem"],
+                                               model.config.knn_k, model.config.knn_samples,
+                                               torch.Generator().manual_seed(1))
+            assert float(losses["knn_feature_loss"].detach()) == pytest.approx(w * float(expected), rel=1e-5)
+            assert float(expected) > 0
+            losses["knn_feature_loss"].backward()
+            assert float(model.gauss_params["features_sem"].grad.abs().sum()) > 0
+            assert model.gauss_params["means"].grad is None or float(model.gauss_params["means"].grad.abs().sum()) == 0
+    finally:
+        model.config.knn_feature_weight = weight
+        model.eval()
+
+
 def test_edge_aware_refinement_only_moves_boundaries(lift_run):
     """The rendered instance map is the argmax after the edge-aware filter; without the rendered RGB, or with
     refine_radius 0, it is the plain argmax over the live codes. The filter only re-decides pixels within its

@@ -28,6 +28,7 @@ from .contrastive import contrastive_loss, mask_prototypes, norm_regulariser, sa
 from .edge_refine import boundary_band, edge_aware_argmax
 from .export import InstancePly, export_instance_ply, instance_colours, read_instance_ply
 from .id_mapping import area_aware_assignment
+from .knn_regulariser import knn_feature_regulariser, nearest_neighbours
 from .noise_filter import label_confidence
 
 __all__ = [
@@ -55,5 +56,7 @@ __all__ = [
     "instance_colours",
     "read_instance_ply",
     "area_aware_assignment",
+    "knn_feature_regulariser",
+    "nearest_neighbours",
     "label_confidence",
 ]
