@@ -27,7 +27,9 @@ def nearest_neighbours(query: torch.Tensor, points: torch.Tensor, k: int, method
 
     ``method``: 'kdtree' (SciPy; about 7x faster than 'cdist' on CPU for 512 queries among 83k Gaussians),
     'cdist' (queries in chunks, so the distance matrix stays ``chunk x N``; no host copy on a GPU), or 'auto'
-    (kdtree for CPU tensors, cdist otherwise). Both return the same neighbours, in the order of their distance.
+    (kdtree for CPU tensors, cdist otherwise). Both return the same neighbour sets, nearest first (near-ties may
+    come in another order). A densification clone sits exactly on its source, so it can take the query's place as
+    "the nearest"; the query then counts as its own neighbour, a pair that adds zero.
     """
     if method == "auto":
         method = "kdtree" if points.device.type == "cpu" else "cdist"
