@@ -504,15 +504,15 @@ def test_edge_aware_argmax_equals_the_dense_filter():
 def test_mask_boundary_ignore_leaves_boundary_pixels_out():
     """losses.mask_boundary_ignore = r: pixels within r px of another id (void included) get no label, the rest
     keep theirs; r = 0 labels every non-void pixel."""
-    from unisem_ns.unified_lift.codebook import mask_boundary
+    from unisem_ns.unified_lift import boundary_band
 
     ids = torch.zeros(12, 16, dtype=torch.long)
     ids[:, :8], ids[:, 8:] = 3, 5
     ids[0, :] = 0  # a void row on top
-    band = mask_boundary(ids, 1)
+    band = boundary_band(ids, 1)
     assert band[:, 7:9].all() and band[:2].all()  # both sides of the 3|5 edge, and next to the void row
     assert not band[2:, :7].any() and not band[2:, 9:].any()
-    assert mask_boundary(ids, 2)[:, 6:10].all() and not mask_boundary(ids, 2)[3:, :6].any()
+    assert boundary_band(ids, 2)[:, 6:10].all() and not boundary_band(ids, 2)[3:, :6].any()
 
     torch.manual_seed(0)
     feats = torch.randn(12, 16, 4)

@@ -10,6 +10,7 @@ Pure PyTorch / numpy / scipy core (no nerfstudio import), ALGORITHMS.md section 
   :func:`drop_duplicate_codes` (inference).
 * :mod:`.edge_refine`: :func:`edge_aware_argmax` (inference: id boundaries snapped to the render's colour edges),
   :func:`boundary_band`.
+* :mod:`.knn_regulariser`: :func:`knn_feature_regulariser` (3D kNN loss on Gaussian features, training).
 * :mod:`.clustering`: HDBSCAN baseline (:func:`cluster_gaussian_features`, :func:`assign_pixels`).
 * :mod:`.export`: instance PLY (:func:`export_instance_ply`, :func:`read_instance_ply`).
 """

@@ -33,6 +33,7 @@ from .contrastive import (
     sample_pixels,
     unit_features,
 )
+from .edge_refine import boundary_band
 from .id_mapping import area_aware_assignment
 from .noise_filter import CONF_THRESHOLD, FILTER_TEMP_MAX, FILTER_TEMP_MIN, FILTER_TEMP_SCALE, label_confidence
 
@@ -236,15 +237,6 @@ class UnifiedLiftLossConfig:
     use_noise_filter: bool = True
 
 
-def mask_boundary(mask_ids: torch.Tensor, radius: int) -> torch.Tensor:
-    """``[H, W]`` bool: pixels with a different id (void included) within ``radius`` pixels (a square window)."""
-    x = mask_ids.to(torch.float32)[None, None]
-    k = 2 * radius + 1
-    hi = F.max_pool2d(x, k, stride=1, padding=radius)
-    lo = -F.max_pool2d(-x, k, stride=1, padding=radius)
-    return (hi != lo)[0, 0]
-
-
 def unified_lift_losses(
     rendered_features: torch.Tensor,
     mask_ids: torch.Tensor,
@@ -272,7 +264,7 @@ def unified_lift_losses(
     cfg = cfg or UnifiedLiftLossConfig()
     H, W, D = rendered_features.shape
     if cfg.mask_boundary_ignore > 0:
-        mask_ids = mask_ids * ~mask_boundary(mask_ids, cfg.mask_boundary_ignore)
+        mask_ids = mask_ids * ~boundary_band(mask_ids, cfg.mask_boundary_ignore)
     feats = rendered_features.reshape(H * W, D)
     ids = mask_ids.reshape(H * W).to(device=feats.device, dtype=torch.long)
 

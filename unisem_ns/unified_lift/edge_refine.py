@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 
 def boundary_band(ids: torch.Tensor, radius: int) -> torch.Tensor:
-    """``[H, W]`` bool: pixels whose ``(2 radius + 1)^2`` window holds more than one id of ``ids`` ``[H, W]``."""
+    """``[H, W]`` bool: pixels whose ``(2 radius + 1)^2`` window holds more than one id of ``ids`` ``[H, W]`` (void
+    counts as an id). The filter's band here; the SAM-boundary pixels ``mask_boundary_ignore`` leaves out in training."""
     side = 2 * radius + 1
     x = ids[None, None].float()
     window_max = F.max_pool2d(x, side, stride=1, padding=radius)[0, 0]
