@@ -501,6 +501,58 @@ def test_edge_aware_argmax_equals_the_dense_filter():
         edge_aware_argmax(probs, guide[:4], radius=1)
 
 
+def _two_colour_view(shift: int):
+    """A 16x20 view: red left of column 10, blue from it; mask 7 covers the red part grown (shift > 0) or shrunk
+    (shift < 0) by ``shift`` columns, mask 4 the rest; a void row on top."""
+    image = torch.zeros(16, 20, 3)
+    image[:, :10, 0] = 0.9
+    image[:, 10:, 2] = 0.8
+    ids = torch.full((16, 20), 4, dtype=torch.long)
+    ids[:, : 10 + shift] = 7
+    ids[0] = 0
+    return ids, image
+
+
+def test_snap_mask_to_edges_moves_a_jittered_boundary_onto_the_colour_edge():
+    """A mask grown or shrunk by up to 2 px (the simulator's jitter) is put back on the colour edge; void stays
+    void; a mask too small to have a trusted pixel keeps its pixels; a flat image changes nothing."""
+    from unisem_ns.unified_lift import snap_mask_to_edges
+
+    for shift in (-2, -1, 1, 2):
+        ids, image = _two_colour_view(shift)
+        out = snap_mask_to_edges(ids, image, radius=4, sigma_space=4.0, sigma_rgb=0.03, core=2)
+        expected = torch.full_like(ids, 4)
+        expected[:, :10] = 7
+        expected[0] = 0
+        assert torch.equal(out, expected), shift
+    # without colour differences the vote is spatial only: the straight boundary stays where the mask put it
+    ids, image = _two_colour_view(2)
+    assert torch.equal(snap_mask_to_edges(ids, torch.zeros_like(image)), ids)
+    # a 3x3 mask (no pixel 3 px from its edge) is kept whole even where it grew over its neighbour's colour, and
+    # it does not spread: the blue pixels around it keep their id, though the nearest trusted pixels are far
+    ids, image = _two_colour_view(0)
+    image[6:9, 14:17] = torch.tensor([0.1, 0.8, 0.1])  # a green object...
+    ids[5:9, 14:17] = 9  # ...whose mask is one row too tall
+    out = snap_mask_to_edges(ids, image, radius=4, sigma_space=4.0, sigma_rgb=0.03, core=2)
+    assert torch.equal(out, ids)
+    # radius 0 or core 0: unchanged; bad shapes: one clear error
+    assert torch.equal(snap_mask_to_edges(ids, image, radius=0), ids)
+    with pytest.raises(ValueError, match="same H, W"):
+        snap_mask_to_edges(ids, image[:4])
+
+
+def test_snap_mask_to_edges_chunks_agree():
+    from unisem_ns.unified_lift import snap_mask_to_edges
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 6, (6, 8), generator=gen).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    image = torch.rand(24, 32, 3, generator=gen)
+    whole = snap_mask_to_edges(ids, image, radius=3, sigma_space=2.0, sigma_rgb=0.2, core=1)
+    assert torch.equal(whole, snap_mask_to_edges(ids, image, radius=3, sigma_space=2.0, sigma_rgb=0.2, core=1,
+                                                 chunk_elements=100))
+    assert (whole != ids).any() and torch.equal(whole == 0, ids == 0)
+
+
 def test_mask_boundary_ignore_leaves_boundary_pixels_out():
     """losses.mask_boundary_ignore = r: pixels within r px of another id (void included) get no label, the rest
     keep theirs; r = 0 labels every non-void pixel."""

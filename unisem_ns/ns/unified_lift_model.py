@@ -36,6 +36,7 @@ from unisem_ns.unified_lift import (
     drop_duplicate_codes,
     edge_aware_argmax,
     export_instance_ply,
+    snap_mask_to_edges,
     knn_feature_regulariser,
     unified_lift_losses,
 )
@@ -110,6 +111,16 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     refine_sigma_rgb: float = 0.1
     """Colour std (RGB in [0, 1], Euclidean) of the edge-aware refinement: neighbours whose rendered colour differs
     by much more than this do not vote."""
+    mask_snap_radius: int = 0
+    """[R] Before training, each view's SAM mask boundaries are moved onto the photograph's colour edges
+    (``unisem_ns.unified_lift.edge_refine.snap_mask_to_edges``): pixels within ``mask_snap_core`` px of an id change
+    take the id of the trusted, colour-alike pixels of their (2r+1)^2 window. 0 = the masks as given (the paper)."""
+    mask_snap_core: int = 2
+    """Pixels within this distance of a change of mask id are re-decided by the snap (the rest are trusted)."""
+    mask_snap_sigma_space: float = 4.0
+    """Spatial std (pixels) of the snap's vote."""
+    mask_snap_sigma_rgb: float = 0.03
+    """Colour std (RGB in [0, 1], Euclidean) of the snap's vote."""
     code_usage_decay: float = 0.999
     """Per-step decay of the code-usage average (about the last 1/(1-decay) steps count)."""
     language_decay: float = 0.995
@@ -165,6 +176,7 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         # inference='cluster' state, filled lazily at first use (not checkpointed: it is a pure function of the
         # trained features).
         self._cluster_centres: Optional[torch.Tensor] = None
+        self._snapped_masks: Dict[int, torch.Tensor] = {}  # image index -> snapped mask ids (a pure function of the view)
         self.selected_instance: Optional[int] = None
         self.panoptic: Optional[PanopticAccumulator] = None
         if self.has_language:
@@ -187,7 +199,7 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         losses = super().get_loss_dict(outputs, batch, metrics_dict)
         if not self.training or "object_mask" not in batch:
             return losses
-        ids = batch["object_mask"].to(self.device)
+        ids = self._training_masks(batch)
         cfg = self.config.losses
         if cfg.use_codebook and self.step < self.config.codebook_start_step:
             cfg = dataclasses.replace(cfg, use_codebook=False)
@@ -211,6 +223,24 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         return losses
 
     @torch.no_grad()
+    @torch.no_grad()
+    def _training_masks(self, batch) -> torch.Tensor:
+        """The view's mask ids [H, W], snapped to its photograph's edges when ``mask_snap_radius`` > 0 (once per view)."""
+        ids = batch["object_mask"].to(self.device)
+        cfg = self.config
+        if cfg.mask_snap_radius <= 0:
+            return ids
+        key = int(batch["image_idx"]) if "image_idx" in batch else None
+        if key is not None and key in self._snapped_masks:
+            return self._snapped_masks[key]
+        image = batch["image"][..., :3].to(self.device)  # full resolution, like the mask
+        image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        snapped = snap_mask_to_edges(ids, image, cfg.mask_snap_radius, cfg.mask_snap_sigma_space,
+                                     cfg.mask_snap_sigma_rgb, cfg.mask_snap_core)
+        if key is not None:
+            self._snapped_masks[key] = snapped
+        return snapped
+
     def _track_usage(self, mapping: Dict[int, int]) -> None:
         decay = self.config.code_usage_decay
         self.code_usage.mul_(decay)

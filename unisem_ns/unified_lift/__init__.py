@@ -9,7 +9,7 @@ Pure PyTorch / numpy / scipy core (no nerfstudio import), ALGORITHMS.md section 
   :class:`UnifiedLiftLossConfig`, :func:`unified_lift_losses` (everything for one view),
   :func:`drop_duplicate_codes` (inference).
 * :mod:`.edge_refine`: :func:`edge_aware_argmax` (inference: id boundaries snapped to the render's colour edges),
-  :func:`boundary_band`.
+  :func:`boundary_band`, :func:`snap_mask_to_edges` (training: mask boundaries snapped to the photograph's edges).
 * :mod:`.knn_regulariser`: :func:`knn_feature_regulariser` (3D kNN loss on Gaussian features, training).
 * :mod:`.clustering`: HDBSCAN baseline (:func:`cluster_gaussian_features`, :func:`assign_pixels`).
 * :mod:`.export`: instance PLY (:func:`export_instance_ply`, :func:`read_instance_ply`).
@@ -26,7 +26,7 @@ from .codebook import (
     unified_lift_losses,
 )
 from .contrastive import contrastive_loss, mask_prototypes, norm_regulariser, sample_pixels, unit_features
-from .edge_refine import boundary_band, edge_aware_argmax
+from .edge_refine import boundary_band, edge_aware_argmax, snap_mask_to_edges
 from .export import InstancePly, export_instance_ply, instance_colours, read_instance_ply
 from .id_mapping import area_aware_assignment
 from .knn_regulariser import knn_feature_regulariser, nearest_neighbours
@@ -52,6 +52,7 @@ __all__ = [
     "unit_features",
     "boundary_band",
     "edge_aware_argmax",
+    "snap_mask_to_edges",
     "InstancePly",
     "export_instance_ply",
     "instance_colours",
