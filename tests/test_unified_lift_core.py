@@ -722,3 +722,56 @@ def test_knn_regulariser_tiny_inputs():
     # two Gaussians: k is capped at the one other Gaussian; opposite features give the maximum, 4
     loss = knn_feature_regulariser(torch.tensor([[0.0, 0, 0], [1.0, 0, 0]]), torch.tensor([[1.0, 0], [-1.0, 0]]), k=5)
     assert float(loss) == pytest.approx(4.0)
+
+
+def test_mask_spheres_and_separation_push_apart_only_far_alike_masks():
+    """Each mask gets a unit prototype, centre and radius from its pixels' 3D positions; the separation loss pushes
+    a prototype away from a remembered one only when the two spheres are far apart and the cosine exceeds the
+    margin, and it is zero for near pairs (which may be one object) and for pairs already apart."""
+    from unisem_ns.unified_lift.separation import MaskMemory, mask_prototypes_and_spheres, separation_loss
+
+    H, W = 6, 8
+    xyz = torch.zeros(H, W, 3)
+    xyz[..., 0] = torch.arange(W).float()[None]  # a plane: x = column, y = row
+    xyz[..., 1] = torch.arange(H).float()[:, None]
+    ids = torch.zeros(H, W, dtype=torch.long)
+    ids[:, :2], ids[:, 6:] = 1, 2  # two 2-column masks 6 apart
+    ids[0, 3] = 3  # a one-pixel mask: skipped at min_pixels 2
+    feats = torch.zeros(H, W, 4)
+    feats[..., 0] = 1.0
+    feats.requires_grad_(True)
+    protos, centres, radii = mask_prototypes_and_spheres(feats, xyz, ids, min_pixels=2, quantile=1.0)
+    assert protos.shape == (2, 4) and torch.allclose(protos, torch.tensor([[1.0, 0, 0, 0]] * 2))
+    assert torch.allclose(centres, torch.tensor([[0.5, 2.5, 0.0], [6.5, 2.5, 0.0]]))
+    want_r = math.hypot(0.5, 2.5)  # the farthest pixel from each centre
+    assert torch.allclose(radii, torch.full((2,), want_r))
+
+    # mask 1 against a remembered copy of mask 2: 6 apart; far at factor 1 (6 > 2 r = 5.1), not at factor 2
+    far, n_far = separation_loss(protos[:1], centres[:1], radii[:1], protos[1:].detach(), centres[1:], radii[1:],
+                                 factor=1.0, margin=0.5)
+    assert n_far == 1 and float(far) == pytest.approx(0.5)  # cos 1 - margin
+    far.backward()
+    grad = feats.grad[:, :2]
+    assert float(grad[..., 0].abs().sum()) == 0  # along the prototype itself a unit vector cannot change
+    near, n_near = separation_loss(protos[:1].detach(), centres[:1], radii[:1], protos[1:].detach(), centres[1:],
+                                   radii[1:], factor=2.0, margin=0.5)
+    assert n_near == 0 and float(near) == 0
+    apart = torch.tensor([[0.0, 1.0, 0.0, 0.0]])  # cosine 0 < margin
+    zero, n = separation_loss(protos[:1].detach(), centres[:1], radii[:1], apart, centres[1:], radii[1:], 1.0, 0.5)
+    assert n == 1 and float(zero) == 0
+
+    # a feature that is pushed: the gradient step lowers the cosine
+    f = torch.tensor([[1.0, 0.2, 0.0, 0.0]], requires_grad=True)
+    loss, _ = separation_loss(F.normalize(f, dim=-1), centres[:1], radii[:1], torch.tensor([[1.0, 0, 0, 0]]),
+                              centres[1:], radii[1:], factor=1.0, margin=0.5)
+    loss.backward()
+    stepped = F.normalize(f.detach() - 0.1 * f.grad, dim=-1)
+    assert float(stepped[0, 0]) < float(F.normalize(f.detach(), dim=-1)[0, 0])
+
+    memory = MaskMemory(capacity=3)
+    assert len(memory) == 0 and memory.get(protos, 4)[0].shape == (0, 4)
+    memory.push(protos, centres, radii)
+    memory.push(protos + 1, centres + 1, radii + 1)
+    got = memory.get(protos, 4)
+    assert len(memory) == 3 and torch.equal(got[1], torch.cat([centres[1:], centres + 1]))  # the oldest dropped
+    assert not got[0].requires_grad

@@ -186,6 +186,98 @@ def test_mask_snap_gives_the_losses_edge_snapped_masks_once_per_view(lift_run, i
     assert after < 0.9 * before, (before, after)
 
 
+def test_pixel_world_positions_agree_across_views(lift_run):
+    """Pixels lifted to 3D with one training view's GT depth land, projected into an overlapping view, on that
+    view's own GT depth (nerfstudio's OpenGL cameras; a wrong axis or sign puts them elsewhere)."""
+    import torch
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from unisem_ns.ns.unified_lift_model import pixel_world_positions
+
+    _, pipeline, _, _ = eval_setup(lift_run / "config.yml", test_mode="test")
+    dataset = pipeline.datamanager.train_dataset
+    cameras = dataset.cameras
+    checked = control_fails = 0
+
+    def control_lift(camera, depth):
+        H, W = depth.shape[:2]
+        K = camera.get_intrinsics_matrices()[0]
+        c2w = camera.camera_to_worlds[0]
+        v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+        z = depth[..., 0]
+        cam = torch.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], dim=-1)
+        return cam @ c2w[:, :3].T + c2w[:, 3]
+
+    def on_surface(points, b):
+        """Share of ``points`` [P, 3] inside view b, and the relative error to b's depth of those inside."""
+        c2w = cameras.camera_to_worlds[b]
+        local = (points - c2w[:, 3]) @ c2w[:, :3]
+        x, y, z = local[:, 0], -local[:, 1], -local[:, 2]  # OpenGL -> OpenCV
+        K = cameras[b : b + 1].get_intrinsics_matrices()[0]
+        u, v = K[0, 0] * x / z + K[0, 2], K[1, 1] * y / z + K[1, 2]
+        depth_b = dataset[b]["depth_image"].float()
+        H, W = depth_b.shape[:2]
+        seen = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        target = depth_b[v[seen].long(), u[seen].long(), 0]
+        return float(seen.float().mean()), (target - z[seen]).abs() / target.clamp_min(1e-6)
+
+    for a, b in [(i, i + 1) for i in range(len(dataset) - 1)]:
+        depth_a = dataset[a]["depth_image"].float()
+        valid = depth_a.reshape(-1) > 0
+        seen, rel = on_surface(pixel_world_positions(cameras[a : a + 1], depth_a).reshape(-1, 3)[valid], b)
+        if seen < 0.5:
+            continue  # too little overlap
+        # most land on the surface (at 64x48, nearest-pixel lookup on slanted surfaces, depth edges and occlusions
+        # take a share)
+        assert float(rel.median()) < 0.05 and float((rel < 0.05).float().mean()) > 0.5, (a, b)
+        checked += 1
+        # the control: the same pixels lifted in OpenCV's convention (y down, z forward), as a missing flip would
+        seen, rel = on_surface(control_lift(cameras[a : a + 1], depth_a).reshape(-1, 3)[valid], b)
+        control_fails += int(seen < 0.5 or float((rel < 0.05).float().mean()) <= 0.5)
+    assert checked >= 3 and control_fails == checked
+
+
+def test_separation_loss_joins_training_after_its_start(lift_run, monkeypatch):
+    """separation_weight > 0: training renders depth, each view's masks enter the memory, and from
+    separation_start_step a weighted separation loss on the rendered features is added (the lifted positions
+    carry no gradient)."""
+    import torch
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(lift_run / "config.yml", test_mode="test")
+    model = pipeline.model
+    monkeypatch.setattr(model, "optimizers", {}, raising=False)  # a training render outside the trainer
+    cfg = model.config
+    saved = (cfg.separation_weight, cfg.separation_start_step, cfg.separation_margin, model.step)
+    try:
+        cfg.separation_weight, cfg.separation_start_step, cfg.separation_margin = 0.5, 1, -1.0  # every far pair
+        model._mask_memory = type(model._mask_memory)(cfg.separation_memory)  # empty
+        totals = []
+        for step, i in [(0, 0), (5, 12), (5, 6)]:
+            model.step = step
+            batch = pipeline.datamanager.train_dataset[i]
+            camera = pipeline.datamanager.train_dataset.cameras[i : i + 1]
+            model.zero_grad(set_to_none=True)
+            model.train()
+            outputs = model.get_outputs(camera)
+            assert outputs["depth"] is not None and outputs["xyz"].shape == (*batch["object_mask"].shape, 3)
+            assert not outputs["xyz"].requires_grad  # the spheres say where masks are; they do not move geometry
+            before = len(model._mask_memory)
+            losses = model.get_loss_dict(outputs, batch)
+            assert len(model._mask_memory) > before
+            if step == 0:
+                assert "separation_loss" not in losses
+                continue
+            totals.append(float(losses["separation_loss"].detach()))
+            losses["separation_loss"].backward()
+            assert float(model.gauss_params["features_sem"].grad.abs().sum()) > 0
+        assert max(totals) > 0
+    finally:
+        cfg.separation_weight, cfg.separation_start_step, cfg.separation_margin, model.step = saved
+        model._mask_memory = type(model._mask_memory)(cfg.separation_memory)
+        model.eval()
+
+
 def test_edge_aware_refinement_only_moves_boundaries(lift_run):
     """The rendered instance map is the argmax after the edge-aware filter; without the rendered RGB, or with
     refine_radius 0, it is the plain argmax over the live codes. The filter only re-decides pixels within its

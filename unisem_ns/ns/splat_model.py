@@ -180,6 +180,10 @@ class UnisemSplatModel(SplatfactoModel):
         this to render a transform of the stored parameter (econSG normalises each Gaussian's latent)."""
         return features_sem
 
+    def wants_training_depth(self) -> bool:
+        """Whether training renders expected depth too (RGB+ED): for the depth loss, or a method's own needs."""
+        return self.config.output_depth_during_training or self.config.depth_loss_weight > 0
+
     def _render_colors(self, means, features_dc, features_rest, viewmat) -> torch.Tensor:
         """Per-camera RGB [C, N, 3], with SH evaluated here so features can ride in the same pass."""
         if self.config.sh_degree > 0:
@@ -211,7 +215,7 @@ class UnisemSplatModel(SplatfactoModel):
         self.last_size = (H, W)
         camera.rescale_output_resolution(scale_fac)
 
-        want_depth = self.config.output_depth_during_training or self.config.depth_loss_weight > 0
+        want_depth = self.wants_training_depth()
         render_mode = "RGB+ED" if (want_depth or not self.training) else "RGB"
         colors = self._render_colors(params["means"], params["features_dc"], params["features_rest"], viewmat)
         if "features_sem" in params:

@@ -36,10 +36,11 @@ from unisem_ns.unified_lift import (
     drop_duplicate_codes,
     edge_aware_argmax,
     export_instance_ply,
-    snap_mask_to_edges,
     knn_feature_regulariser,
+    snap_mask_to_edges,
     unified_lift_losses,
 )
+from unisem_ns.unified_lift.separation import MaskMemory, mask_prototypes_and_spheres, separation_loss
 
 HIGHLIGHT_COLOR = (1.0, 0.15, 0.1)
 
@@ -65,6 +66,20 @@ class UnifiedLiftDatamanagerConfig(UnisemDatamanagerConfig):
 
 
 # ------------------------------------------------------------------------------------------------- model
+
+
+def pixel_world_positions(camera: Cameras, depth: torch.Tensor) -> torch.Tensor:
+    """``[H, W, 3]`` world position of each pixel centre of a pinhole ``camera`` (one, nerfstudio's OpenGL
+    convention) at its rendered z-depth ``[H, W, 1]``."""
+    H, W = depth.shape[:2]
+    K = camera.get_intrinsics_matrices()[0].to(depth)
+    c2w = camera.camera_to_worlds[0].to(depth)
+    v, u = torch.meshgrid(torch.arange(H, device=depth.device, dtype=depth.dtype) + 0.5,
+                          torch.arange(W, device=depth.device, dtype=depth.dtype) + 0.5, indexing="ij")
+    z = depth[..., 0]
+    x, y = (u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z
+    cam = torch.stack([x, -y, -z], dim=-1)  # OpenCV -> OpenGL (y up, looking down -z)
+    return cam @ c2w[:, :3].T + c2w[:, 3]
 
 
 @dataclass
@@ -140,6 +155,19 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     """Neighbours per sampled Gaussian for the kNN regulariser (Gaussian Grouping: 5)."""
     knn_samples: int = 512
     """Gaussians sampled per step for the kNN regulariser."""
+    separation_weight: float = 0.0
+    """[R] Weight of the cross-view separation loss (``unisem_ns.unified_lift.separation``): a mask's prototype is
+    pushed away from remembered masks of earlier views whose 3D spheres (rendered depth) are far from its own, while
+    their cosine exceeds ``separation_margin``, so objects never seen together stop sharing a feature and a code.
+    0 = off (the paper)."""
+    separation_factor: float = 2.0
+    """Two masks are far apart when their centres are more than this times the sum of their radii apart."""
+    separation_margin: float = 0.5
+    """Far pairs whose prototype cosine is at most this cost nothing."""
+    separation_memory: int = 512
+    """Masks remembered (the most recent ones) for the separation loss."""
+    separation_start_step: int = 500
+    """The separation loss starts here (before, features and depth are still forming)."""
     stop_split_at: int = 1000
     """Densify until this step. [R] 1000: Unified-Lift densifies for the first third of its 30k steps (until 10k);
     1000 is the same third of ns-train's default 3000. Pass 10000 with ``--max-num-iterations 30000`` for the paper's
@@ -176,7 +204,8 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         # inference='cluster' state, filled lazily at first use (not checkpointed: it is a pure function of the
         # trained features).
         self._cluster_centres: Optional[torch.Tensor] = None
-        self._snapped_masks: Dict[int, torch.Tensor] = {}  # image index -> snapped mask ids (a pure function of the view)
+        self._snapped_masks: Dict[int, torch.Tensor] = {}
+        self._mask_memory = MaskMemory(self.config.separation_memory)  # image index -> snapped mask ids (a pure function of the view)
         self.selected_instance: Optional[int] = None
         self.panoptic: Optional[PanopticAccumulator] = None
         if self.has_language:
@@ -194,6 +223,15 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         return groups
 
     # ------------------------------------------------------------------------------------------- training
+
+    def wants_training_depth(self) -> bool:
+        return super().wants_training_depth() or self.config.separation_weight > 0
+
+    def get_outputs(self, camera: Cameras) -> Dict[str, torch.Tensor]:
+        outputs = super().get_outputs(camera)
+        if self.training and self.config.separation_weight > 0 and outputs.get("depth") is not None:
+            outputs["xyz"] = pixel_world_positions(camera, outputs["depth"].detach())
+        return outputs
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
         losses = super().get_loss_dict(outputs, batch, metrics_dict)
@@ -218,6 +256,20 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
                                            self.gaussian_features(self.gauss_params["features_sem"]),
                                            self.config.knn_k, self.config.knn_samples, self._knn_generator)
             losses["knn_feature_loss"] = self.config.knn_feature_weight * loss
+        if self.config.separation_weight > 0 and "xyz" in outputs:
+            H, W = ids.shape
+            min_pixels = cfg.min_pixels
+            if cfg.min_pixels_relative and H * W < cfg.n_pixels:
+                min_pixels = max(2, round(cfg.min_pixels * H * W / cfg.n_pixels))
+            protos, centres, radii = mask_prototypes_and_spheres(outputs["features"], outputs["xyz"], ids, min_pixels)
+            if self.step >= self.config.separation_start_step:
+                memory = self._mask_memory.get(protos, protos.shape[-1])
+                loss, pairs = separation_loss(protos, centres, radii, *memory, self.config.separation_factor,
+                                              self.config.separation_margin)
+                losses["separation_loss"] = self.config.separation_weight * loss
+                if metrics_dict is not None:
+                    metrics_dict["ul_separation_pairs"] = torch.tensor(float(pairs))
+            self._mask_memory.push(protos, centres, radii)
         if self.has_language and "lang_seg" in batch and self.config.losses.use_codebook:
             self._accumulate_language(outputs["features"].detach(), batch)
         return losses
