@@ -129,7 +129,9 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     mask_snap_radius: int = 0
     """[R] Before training, each view's SAM mask boundaries are moved onto the photograph's colour edges
     (``unisem_ns.unified_lift.edge_refine.snap_mask_to_edges``): pixels within ``mask_snap_core`` px of an id change
-    take the id of the trusted, colour-alike pixels of their (2r+1)^2 window. 0 = the masks as given (the paper)."""
+    take the id of the trusted, colour-alike pixels of their (2r+1)^2 window. 0 = the masks as given (the paper).
+    Opt-in: with 4 it removed 45 % of the simulator's jitter errors from the training labels, but PQ^scene moved by
+    -0.047..+0.069 over four seeds, mean +0.001 (benchmarks/RESULTS.md)."""
     mask_snap_core: int = 2
     """Pixels within this distance of a change of mask id are re-decided by the snap (the rest are trusted)."""
     mask_snap_sigma_space: float = 4.0
@@ -159,7 +161,8 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     """[R] Weight of the cross-view separation loss (``unisem_ns.unified_lift.separation``): a mask's prototype is
     pushed away from remembered masks of earlier views whose 3D spheres (rendered depth) are far from its own, while
     their cosine exceeds ``separation_margin``, so objects never seen together stop sharing a feature and a code.
-    0 = off (the paper)."""
+    0 = off (the paper). Opt-in: at 1e-6 with margin 0.5 it moved PQ^scene by -0.006..+0.037 over four seeds (mean
+    +0.017; margin 0: +0.009), not yet clear of the seed spread (benchmarks/RESULTS.md)."""
     separation_factor: float = 2.0
     """Two masks are far apart when their centres are more than this times the sum of their radii apart."""
     separation_margin: float = 0.5

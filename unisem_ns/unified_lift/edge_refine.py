@@ -24,16 +24,21 @@ def boundary_band(ids: torch.Tensor, radius: int) -> torch.Tensor:
     return window_max != window_min
 
 
-def _windows(ys: torch.Tensor, xs: torch.Tensor, H: int, W: int, radius: int, sigma_space: float, dtype):
-    """Flat indices ``[M, S]`` of the ``(2 radius + 1)^2`` window around each pixel ``(ys, xs)`` ``[M]`` (borders
-    replicate) and the spatial log-weights ``[S]`` ``-|p - q|^2 / (2 sigma_space^2)``."""
+def _bilateral_windows(ys: torch.Tensor, xs: torch.Tensor, H: int, W: int, radius: int, sigma_space: float,
+                       flat_guide: torch.Tensor, sigma_guide: float):
+    """Joint bilateral weights around pixels ``(ys, xs)`` ``[M]`` of an ``H x W`` image whose guide is
+    ``flat_guide`` ``[H W, C]``: returns flat pixel indices ``p [M]``, their window's flat indices ``q [M, S]``
+    (``S = (2 radius + 1)^2``, borders replicate) and ``w [M, S] = exp(-|p - q|^2 / (2 sigma_space^2) -
+    |guide[p] - guide[q]|^2 / (2 sigma_guide^2))``."""
     offsets = torch.arange(-radius, radius + 1, device=ys.device)
     dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
     dy, dx = dy.reshape(-1), dx.reshape(-1)
-    log_space = -(dy * dy + dx * dx).to(dtype) / (2.0 * sigma_space**2)
+    log_space = -(dy * dy + dx * dx).to(flat_guide.dtype) / (2.0 * sigma_space**2)
     qy = (ys[:, None] + dy).clamp(0, H - 1)  # clamping = replicated borders
     qx = (xs[:, None] + dx).clamp(0, W - 1)
-    return qy * W + qx, log_space
+    p, q = ys * W + xs, qy * W + qx
+    diff = flat_guide[q] - flat_guide[p][:, None]  # [M, S, C]
+    return p, q, (log_space - (diff * diff).sum(-1) / (2.0 * sigma_guide**2)).exp()
 
 
 def edge_aware_argmax(
@@ -81,10 +86,7 @@ def edge_aware_argmax(
     step = max(1, chunk_elements // ((2 * radius + 1) ** 2 * K))
     for start in range(0, ys.numel(), step):
         y, x = ys[start : start + step], xs[start : start + step]
-        q, log_space = _windows(y, x, H, W, radius, sigma_space, scores.dtype)  # [M, S], [S]
-        p = y * W + x
-        diff = flat_guide[q] - flat_guide[p][:, None]  # [M, S, C]
-        w = (log_space - (diff * diff).sum(-1) / (2.0 * sigma_guide**2)).exp()  # [M, S]
+        p, q, w = _bilateral_windows(y, x, H, W, radius, sigma_space, flat_guide, sigma_guide)
         filtered = (w[..., None] * flat_scores[q]).sum(1)  # [M, K]; the normaliser does not change the argmax
         out[p] = filtered.argmax(dim=-1)
     return out.reshape(H, W)
@@ -148,10 +150,8 @@ def snap_mask_to_edges(
     step = max(1, chunk_elements // max((2 * radius + 1) ** 2, num_ids))
     for start in range(0, ys.numel(), step):
         y, x = ys[start : start + step], xs[start : start + step]
-        q, log_space = _windows(y, x, H, W, radius, sigma_space, torch.float32)  # [M, S], [S]
-        p = y * W + x
-        diff = flat_image[q] - flat_image[p][:, None]
-        w = (log_space - (diff * diff).sum(-1) / (2.0 * sigma_rgb**2)).exp() * flat_trusted[q]
+        p, q, w = _bilateral_windows(y, x, H, W, radius, sigma_space, flat_image, sigma_rgb)
+        w = w * flat_trusted[q]
         votes = torch.zeros(p.numel(), num_ids, dtype=torch.float32, device=ids.device)
         votes.scatter_add_(1, flat_ids[q], w)
         decided = votes.sum(1) > 0
