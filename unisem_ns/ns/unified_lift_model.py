@@ -207,8 +207,8 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         # inference='cluster' state, filled lazily at first use (not checkpointed: it is a pure function of the
         # trained features).
         self._cluster_centres: Optional[torch.Tensor] = None
-        self._snapped_masks: Dict[int, torch.Tensor] = {}
-        self._mask_memory = MaskMemory(self.config.separation_memory)  # image index -> snapped mask ids (a pure function of the view)
+        self._snapped_masks: Dict[int, torch.Tensor] = {}  # image index -> snapped mask ids (a pure function of the view)
+        self._mask_memory = MaskMemory(self.config.separation_memory)  # recent masks' prototypes and 3D spheres
         self.selected_instance: Optional[int] = None
         self.panoptic: Optional[PanopticAccumulator] = None
         if self.has_language:
@@ -260,11 +260,8 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
                                            self.config.knn_k, self.config.knn_samples, self._knn_generator)
             losses["knn_feature_loss"] = self.config.knn_feature_weight * loss
         if self.config.separation_weight > 0 and "xyz" in outputs:
-            H, W = ids.shape
-            min_pixels = cfg.min_pixels
-            if cfg.min_pixels_relative and H * W < cfg.n_pixels:
-                min_pixels = max(2, round(cfg.min_pixels * H * W / cfg.n_pixels))
-            protos, centres, radii = mask_prototypes_and_spheres(outputs["features"], outputs["xyz"], ids, min_pixels)
+            protos, centres, radii = mask_prototypes_and_spheres(outputs["features"], outputs["xyz"], ids,
+                                                                 cfg.view_min_pixels(ids.numel()))
             if self.step >= self.config.separation_start_step:
                 memory = self._mask_memory.get(protos, protos.shape[-1])
                 loss, pairs = separation_loss(protos, centres, radii, *memory, self.config.separation_factor,
@@ -277,7 +274,6 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
             self._accumulate_language(outputs["features"].detach(), batch)
         return losses
 
-    @torch.no_grad()
     @torch.no_grad()
     def _training_masks(self, batch) -> torch.Tensor:
         """The view's mask ids [H, W], snapped to its photograph's edges when ``mask_snap_radius`` > 0 (once per view)."""
@@ -296,6 +292,7 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
             self._snapped_masks[key] = snapped
         return snapped
 
+    @torch.no_grad()
     def _track_usage(self, mapping: Dict[int, int]) -> None:
         decay = self.config.code_usage_decay
         self.code_usage.mul_(decay)

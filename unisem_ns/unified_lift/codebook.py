@@ -236,6 +236,12 @@ class UnifiedLiftLossConfig:
     use_concentration: bool = True
     use_noise_filter: bool = True
 
+    def view_min_pixels(self, pixels: int) -> int:
+        """The minimum mask size (samples) for a batch of ``pixels`` samples (see ``min_pixels_relative``)."""
+        if self.min_pixels_relative and pixels < self.n_pixels:
+            return max(2, round(self.min_pixels * pixels / self.n_pixels))
+        return self.min_pixels
+
 
 def unified_lift_losses(
     rendered_features: torch.Tensor,
@@ -278,9 +284,7 @@ def unified_lift_losses(
     idx = sample_pixels(H * W, cfg.n_pixels, generator).to(feats.device)
     f_s = feats[idx]
     ids_con = ids if filtered is None else ids * filtered[1]
-    min_pixels = cfg.min_pixels
-    if cfg.min_pixels_relative and idx.numel() < cfg.n_pixels:
-        min_pixels = max(2, round(cfg.min_pixels * idx.numel() / cfg.n_pixels))
+    min_pixels = cfg.view_min_pixels(idx.numel())
     l_con, info = contrastive_loss(
         f_s, ids_con[idx], min_pixels, cfg.contrastive_temp_scale, cfg.contrastive_temp_min,
         cfg.contrastive_temp_max, cfg.temp_log_offset, cfg.contrastive_reduction, cfg.contrastive_merge_cos,

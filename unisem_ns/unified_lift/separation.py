@@ -2,12 +2,12 @@
 
 The contrastive loss only compares masks of one view, so two objects that are never seen together are never pushed
 apart: their features may coincide, and then one codebook entry serves both (the one-to-one ID mapping is per
-view too). On the benchmark scene this is how most objects are lost at the weaker seeds: a lamp in one corner and
-a box in another read as the same code. What does tell two such masks apart is where they are. A mask's pixels,
-lifted to 3D with the rendered depth, give it a centre and a radius; two masks whose spheres are far apart
-relative to their size (``|c_a - c_b| > factor (r_a + r_b)``) cannot be one object. For such pairs, the current
-view's mask prototype is pushed away from a remembered one (from earlier views) while their cosine exceeds a
-margin; pairs that may be one object (near, or large like a wall seen piecewise) are left alone.
+view too). At one seed of the benchmark scene, two codes each served two such objects far apart in the room. What
+does tell two such masks apart is where they are. A mask's pixels, lifted to 3D with the rendered depth, give it a
+centre and a radius; two masks whose spheres are far apart relative to their size (``|c_a - c_b| > factor (r_a +
+r_b)``) cannot be one object. For such pairs, the current view's mask prototype is pushed away from a remembered
+one (from earlier views) while their cosine exceeds a margin; pairs that may be one object (near, or large like a
+wall seen piecewise) are left alone.
 """
 
 from __future__ import annotations
