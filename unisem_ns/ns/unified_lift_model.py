@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import Parameter
 
 from unisem_ns.cues.layout import dense_targets
+from unisem_ns.geometry.backproject import backproject_depth, opengl_to_opencv_c2w
 from unisem_ns.language.query_field import palette
 from unisem_ns.metrics.panoptic import PanopticAccumulator
 from unisem_ns.ns.data import UnisemDatamanagerConfig, UnisemDataset
@@ -70,16 +71,13 @@ class UnifiedLiftDatamanagerConfig(UnisemDatamanagerConfig):
 
 def pixel_world_positions(camera: Cameras, depth: torch.Tensor) -> torch.Tensor:
     """``[H, W, 3]`` world position of each pixel centre of a pinhole ``camera`` (one, nerfstudio's OpenGL
-    convention) at its rendered z-depth ``[H, W, 1]``."""
+    convention) at its rendered z-depth ``[H, W, 1]``; pixels without depth (<= 0) stay at the origin."""
     H, W = depth.shape[:2]
-    K = camera.get_intrinsics_matrices()[0].to(depth)
-    c2w = camera.camera_to_worlds[0].to(depth)
-    v, u = torch.meshgrid(torch.arange(H, device=depth.device, dtype=depth.dtype) + 0.5,
-                          torch.arange(W, device=depth.device, dtype=depth.dtype) + 0.5, indexing="ij")
-    z = depth[..., 0]
-    x, y = (u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z
-    cam = torch.stack([x, -y, -z], dim=-1)  # OpenCV -> OpenGL (y up, looking down -z)
-    return cam @ c2w[:, :3].T + c2w[:, 3]
+    c2w = opengl_to_opencv_c2w(camera.camera_to_worlds[0])
+    points, index = backproject_depth(depth[..., 0], camera.get_intrinsics_matrices()[0], c2w)
+    out = depth.new_zeros(H * W, 3)
+    out[index.to(depth.device)] = points.to(out)
+    return out.reshape(H, W, 3)
 
 
 @dataclass
