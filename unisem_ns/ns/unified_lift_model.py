@@ -159,8 +159,8 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     """[R] Weight of the cross-view separation loss (``unisem_ns.unified_lift.separation``): a mask's prototype is
     pushed away from remembered masks of earlier views whose 3D spheres (rendered depth) are far from its own, while
     their cosine exceeds ``separation_margin``, so objects never seen together stop sharing a feature and a code.
-    0 = off (the paper). Opt-in: at 1e-6 with margin 0.5 it moved PQ^scene by -0.006..+0.037 over five seeds (mean
-    +0.013; margin 0: +0.009 over four), not clear of the seed spread (benchmarks/RESULTS.md)."""
+    0 = off (the paper). Opt-in: at 1e-6 with margin 0.5 it moved PQ^scene by -0.012..+0.037 over seven seeds (mean
+    +0.010, paired p ~ 0.18; margin 0: +0.009 over four), not clear of the seed spread (benchmarks/RESULTS.md)."""
     separation_factor: float = 2.0
     """Two masks are far apart when their centres are more than this times the sum of their radii apart."""
     separation_margin: float = 0.5
