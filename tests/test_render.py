@@ -12,6 +12,7 @@ from unisem_ns.render import rasterization, select_backend
 from unisem_ns.render.projection import project_gaussians, quat_scale_to_covar, spherical_harmonics
 
 MODES = ["RGB", "D", "ED", "RGB+D", "RGB+ED"]
+CPU_BACKENDS = ["numba", "torch"]  # compiled tile kernels, sparse PyTorch reference
 
 
 def make_scene(n=200, width=40, height=30, c=1, d=3, dtype=torch.float64, seed=0, spread=0.8, size=0.08):
@@ -74,14 +75,15 @@ def brute_force(means2d, conics, opac, colors, depths, radii, width, height, til
     return out, t_out
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("mode", ["classic", "antialiased"])
-def test_matches_brute_force_per_pixel(mode):
+def test_matches_brute_force_per_pixel(mode, backend):
     w, h = 20, 14
     means, quats, scales, opac, colors, viewmats, ks = make_scene(n=40, width=w, height=h, d=3, size=0.2)
     opac = opac * 0.5 + 0.5  # dense enough to hit the early stop somewhere
     bg = torch.tensor([[0.2, 0.4, 0.6]], dtype=torch.float64)
     render, alpha, _ = rasterization(
-        means, quats, scales, opac, colors, viewmats, ks, w, h, backgrounds=bg, rasterize_mode=mode, backend="torch"
+        means, quats, scales, opac, colors, viewmats, ks, w, h, backgrounds=bg, rasterize_mode=mode, backend=backend
     )
     radii, m2, depths, conics, comp = project_gaussians(
         means, quat_scale_to_covar(quats, scales), viewmats, ks, w, h, calc_compensations=mode == "antialiased"
@@ -128,11 +130,12 @@ def test_spherical_harmonics_match_gsplat_reference(degree):
 # --------------------------------------------------------------------------- sparse vs dense
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("d", [1, 3, 16, 17, 33, 64])
-def test_values_and_gradients_match_dense_for_feature_widths(d):
+def test_values_and_gradients_match_dense_for_feature_widths(d, backend):
     scene = make_scene(n=150, d=d, c=2, seed=d)
     bg = torch.rand(2, d, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    r1, a1, g1, info = render_with_grads("torch", scene, 40, 30, backgrounds=bg)
+    r1, a1, g1, info = render_with_grads(backend, scene, 40, 30, backgrounds=bg)
     r2, a2, g2, _ = render_with_grads("dense", scene, 40, 30, backgrounds=bg)
     assert info["n_pairs"] > 1000
     torch.testing.assert_close(r1, r2, atol=1e-10, rtol=1e-8)
@@ -157,13 +160,14 @@ def test_row_bands_match_a_single_pass(monkeypatch):
         torch.testing.assert_close(x, y, atol=1e-8, rtol=1e-6)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("render_mode", MODES)
 @pytest.mark.parametrize("rasterize_mode", ["classic", "antialiased"])
-def test_every_render_mode_matches_dense(render_mode, rasterize_mode):
+def test_every_render_mode_matches_dense(render_mode, rasterize_mode, backend):
     scene = make_scene(n=120, d=3, seed=3)
     bg = torch.tensor([[0.1, 0.5, 0.9]], dtype=torch.float64)
     kw = dict(render_mode=render_mode, rasterize_mode=rasterize_mode, backgrounds=bg)
-    r1, a1, g1, _ = render_with_grads("torch", scene, 40, 30, **kw)
+    r1, a1, g1, _ = render_with_grads(backend, scene, 40, 30, **kw)
     r2, a2, g2, _ = render_with_grads("dense", scene, 40, 30, **kw)
     want_channels = {"RGB": 3, "D": 1, "ED": 1, "RGB+D": 4, "RGB+ED": 4}[render_mode]
     assert r1.shape == (1, 30, 40, want_channels)
@@ -173,7 +177,8 @@ def test_every_render_mode_matches_dense(render_mode, rasterize_mode):
         torch.testing.assert_close(x, y, atol=1e-8, rtol=1e-6)
 
 
-def test_expected_depth_of_an_opaque_wall():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_expected_depth_of_an_opaque_wall(backend):
     # A grid of large flat Gaussians at z = 3 facing the camera: expected depth is 3 where covered.
     xs, ys = torch.meshgrid(torch.linspace(-2, 2, 21), torch.linspace(-2, 2, 21), indexing="ij")
     means = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.full((441,), 3.0)], -1)
@@ -183,18 +188,19 @@ def test_expected_depth_of_an_opaque_wall():
     ks = torch.tensor([[[32.0, 0, 16], [0, 32.0, 12], [0, 0, 1]]])
     render, alpha, _ = rasterization(
         means, quats, scales, torch.full((n,), 0.99), torch.rand(n, 3), torch.eye(4)[None], ks, 32, 24,
-        render_mode="ED", backend="torch",
+        render_mode="ED", backend=backend,
     )
     assert alpha.min() > 0.999
     torch.testing.assert_close(render[0, ..., 0], torch.full((24, 32), 3.0), atol=1e-3, rtol=0)
 
 
-def test_composite_gradcheck():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_composite_gradcheck(backend):
     # Finite differences on a tiny scene (no Gaussian sits on an alpha or tile threshold here).
     means, quats, scales, opac, colors, viewmats, ks = make_scene(n=6, width=12, height=10, d=2, size=0.3, seed=11)
 
     def fn(m, q, s, o, c):
-        r, a, _ = rasterization(m, q, s, o, c, viewmats, ks, 12, 10, render_mode="RGB+ED", backend="torch")
+        r, a, _ = rasterization(m, q, s, o, c, viewmats, ks, 12, 10, render_mode="RGB+ED", backend=backend)
         return r, a
 
     inputs = [t.clone().requires_grad_(True) for t in (means, quats, scales, opac * 0.8, colors)]
@@ -204,7 +210,8 @@ def test_composite_gradcheck():
 # --------------------------------------------------------------------------- edge cases
 
 
-def test_empty_scene_renders_background_and_backpropagates():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_empty_scene_renders_background_and_backpropagates(backend):
     z = torch.zeros(0, 3, requires_grad=True)
     q = torch.zeros(0, 4, requires_grad=True)
     s = torch.zeros(0, 3, requires_grad=True)
@@ -212,7 +219,9 @@ def test_empty_scene_renders_background_and_backpropagates():
     c = torch.zeros(0, 5, requires_grad=True)
     ks = torch.tensor([[[20.0, 0, 10], [0, 20.0, 8], [0, 0, 1]]])
     bg = torch.arange(5.0)[None]
-    render, alpha, info = rasterization(z, q, s, o, c, torch.eye(4)[None], ks, 20, 16, backgrounds=bg, render_mode="RGB+ED")
+    render, alpha, info = rasterization(
+        z, q, s, o, c, torch.eye(4)[None], ks, 20, 16, backgrounds=bg, render_mode="RGB+ED", backend=backend
+    )
     assert render.shape == (1, 16, 20, 6)
     torch.testing.assert_close(render[0, ..., :5], bg[0].expand(16, 20, 5))
     assert torch.all(alpha == 0)
@@ -220,38 +229,41 @@ def test_empty_scene_renders_background_and_backpropagates():
     assert c.grad is not None and c.grad.shape == (0, 5)
 
 
-def test_gaussians_behind_the_camera_are_culled():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gaussians_behind_the_camera_are_culled(backend):
     means, quats, scales, opac, colors, viewmats, ks = make_scene(n=100)
     behind = means.clone()
     behind[:, 2] = -behind[:, 2]  # mirror every Gaussian behind the camera
-    r_behind, a_behind, info = rasterization(behind, quats, scales, opac, colors, viewmats, ks, 40, 30, backend="torch")
+    r_behind, a_behind, info = rasterization(behind, quats, scales, opac, colors, viewmats, ks, 40, 30, backend=backend)
     assert torch.all(info["radii"] == 0)
     assert torch.all(a_behind == 0) and torch.all(r_behind == 0)
     # Mixed: adding the mirrored set changes nothing.
     both = [torch.cat([a, b]) for a, b in zip((means, quats, scales, opac, colors), (behind, quats, scales, opac, colors))]
-    r_front, a_front, _ = rasterization(means, quats, scales, opac, colors, viewmats, ks, 40, 30, backend="torch")
-    r_both, a_both, _ = rasterization(*both, viewmats, ks, 40, 30, backend="torch")
+    r_front, a_front, _ = rasterization(means, quats, scales, opac, colors, viewmats, ks, 40, 30, backend=backend)
+    r_both, a_both, _ = rasterization(*both, viewmats, ks, 40, 30, backend=backend)
     torch.testing.assert_close(r_both, r_front)
     torch.testing.assert_close(a_both, a_front)
 
 
-def test_sh_colours_match_dense_and_follow_view_direction():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_sh_colours_match_dense_and_follow_view_direction(backend):
     means, quats, scales, opac, _, viewmats, ks = make_scene(n=80, c=2)
     sh = torch.randn(80, 16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 0.3
     scene = (means, quats, scales, opac, sh, viewmats, ks)
-    r1, a1, g1, _ = render_with_grads("torch", scene, 40, 30, sh_degree=3)
+    r1, a1, g1, _ = render_with_grads(backend, scene, 40, 30, sh_degree=3)
     r2, a2, g2, _ = render_with_grads("dense", scene, 40, 30, sh_degree=3)
     torch.testing.assert_close(r1, r2)
     for x, y in zip(g1, g2):
         torch.testing.assert_close(x, y, atol=1e-8, rtol=1e-6)
     # Degree 0 equals plain colours C0 * dc + 0.5.
-    r0, _, _ = rasterization(means, quats, scales, opac, sh, viewmats, ks, 40, 30, sh_degree=0)
+    r0, _, _ = rasterization(means, quats, scales, opac, sh, viewmats, ks, 40, 30, sh_degree=0, backend=backend)
     rgb = torch.clamp_min(0.28209479177387814 * sh[:, 0] + 0.5, 0)
-    rp, _, _ = rasterization(means, quats, scales, opac, rgb, viewmats, ks, 40, 30)
+    rp, _, _ = rasterization(means, quats, scales, opac, rgb, viewmats, ks, 40, 30, backend=backend)
     torch.testing.assert_close(r0, rp)
 
 
-def test_info_drives_gsplat_default_strategy_on_cpu():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_info_drives_gsplat_default_strategy_on_cpu(backend):
     strategy_mod = pytest.importorskip("gsplat.strategy")
     n = 300
     means, quats, scales, opac, colors, viewmats, ks = make_scene(n=n, d=3, dtype=torch.float32, size=0.05)
@@ -270,7 +282,7 @@ def test_info_drives_gsplat_default_strategy_on_cpu():
     for step in range(7):
         render, alpha, info = rasterization(
             params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
-            params["colors"], viewmats, ks, 40, 30, absgrad=True,
+            params["colors"], viewmats, ks, 40, 30, absgrad=True, backend=backend,
         )
         strategy.step_pre_backward(params, opts, state, step, info)
         render.mean().backward()
@@ -283,7 +295,10 @@ def test_info_drives_gsplat_default_strategy_on_cpu():
 
 
 def test_backend_choice_never_sends_cpu_tensors_to_gsplat():
-    assert select_backend(torch.device("cpu")) == "torch"
+    assert select_backend(torch.device("cpu")) == "numba"
+    assert select_backend(torch.device("meta")) == "torch"  # any other non-CUDA device: the PyTorch path
+    with pytest.raises(ValueError, match="needs CPU tensors"):
+        select_backend(torch.device("meta"), "numba")
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         select_backend(torch.device("cpu"), "gsplat")
     with pytest.raises(ValueError, match="unknown backend"):
@@ -305,12 +320,13 @@ def test_shape_errors_are_clear():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("render_mode", ["RGB", "RGB+ED"])
 @pytest.mark.parametrize("d", [3, 16, 33])
-def test_cpu_backend_matches_gsplat_cuda(render_mode, d):
+def test_cpu_backend_matches_gsplat_cuda(render_mode, d, backend):
     scene = make_scene(n=2000, width=96, height=64, d=d, c=2, dtype=torch.float32, seed=d, spread=1.0, size=0.05)
     bg = torch.rand(2, d)
-    r_cpu, a_cpu, g_cpu, _ = render_with_grads("torch", scene, 96, 64, render_mode=render_mode, backgrounds=bg)
+    r_cpu, a_cpu, g_cpu, _ = render_with_grads(backend, scene, 96, 64, render_mode=render_mode, backgrounds=bg)
     cuda_scene = [t.cuda() for t in scene]
     r_gpu, a_gpu, g_gpu, info = render_with_grads("gsplat", cuda_scene, 96, 64, render_mode=render_mode, backgrounds=bg.cuda())
     assert info["backend"] == "gsplat"

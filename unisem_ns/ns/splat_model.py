@@ -30,14 +30,15 @@ from unisem_ns.render import rasterization, sh_colors
 
 @dataclass
 class UnisemSplatModelConfig(SplatfactoModelConfig):
-    """Splatfacto on ``unisem_ns.render`` (gsplat on CUDA, a sparse PyTorch rasterizer on CPU)."""
+    """Splatfacto on ``unisem_ns.render`` (gsplat on CUDA, compiled tile kernels on CPU)."""
 
     _target: Type = field(default_factory=lambda: UnisemSplatModel)
     feature_dim: int = 16
     """Width of the per-Gaussian feature rendered next to RGB (0 disables it). Semantic methods supervise it;
     the base method only renders it (PCA-coloured as 'features' in the viewer)."""
-    render_backend: Literal["auto", "gsplat", "torch"] = "auto"
-    """'auto' uses gsplat for CUDA tensors and the PyTorch backend otherwise."""
+    render_backend: Literal["auto", "gsplat", "numba", "torch"] = "auto"
+    """'auto' uses gsplat for CUDA tensors, the compiled CPU kernels (numba) for CPU tensors and the sparse
+    PyTorch backend on other devices; 'torch' forces the PyTorch reference."""
     lpips: Literal["auto", "off"] = "auto"
     """'auto' reports LPIPS when torchvision's AlexNet weights are on disk (torch hub cache), else skips it
     with one warning; nothing is downloaded."""

@@ -1,4 +1,4 @@
-"""One entry point for splatting: gsplat on CUDA tensors, pure PyTorch everywhere else."""
+"""One entry point for splatting: gsplat on CUDA tensors, compiled CPU kernels on CPU, pure PyTorch elsewhere."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from typing import Dict, Literal, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .compiled import NUMBA_AVAILABLE, composite_camera_compiled
+from .compiled_projection import project_gaussians_compiled
 from .composite import composite_camera
 from .dense import composite_dense
 from .projection import project_gaussians, spherical_harmonics
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
 RasterizeMode = Literal["classic", "antialiased"]
-Backend = Literal["auto", "gsplat", "torch", "dense"]
+Backend = Literal["auto", "gsplat", "numba", "torch", "dense"]
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 
 
@@ -33,10 +35,18 @@ def select_backend(device: torch.device, backend: Backend = "auto") -> str:
     """Pick the backend once, from the tensors' device (never by trying gsplat and catching).
 
     gsplat has no CPU kernels, and on a machine with nvcc but no GPU its first op starts a JIT build
-    that fails; so CPU tensors always go to the PyTorch backend.
+    that fails; so CPU tensors never go to gsplat. ``auto`` sends them to the compiled (numba) tile
+    kernels, and tensors on any other device to the sparse PyTorch backend.
     """
     if backend in ("torch", "dense"):
         return backend
+    if backend == "numba":
+        if device.type != "cpu" or not NUMBA_AVAILABLE:
+            raise ValueError(
+                f"backend='numba' needs CPU tensors and numba installed (got device {device}); "
+                "use backend='auto' or 'torch'."
+            )
+        return "numba"
     on_cuda = device.type == "cuda" and torch.cuda.is_available()
     if backend == "gsplat":
         if not on_cuda:
@@ -46,8 +56,10 @@ def select_backend(device: torch.device, backend: Backend = "auto") -> str:
             )
         return "gsplat"
     if backend != "auto":
-        raise ValueError(f"unknown backend {backend!r}; choose 'auto', 'gsplat', 'torch' or 'dense'")
-    return "gsplat" if on_cuda and gsplat_version() is not None else "torch"
+        raise ValueError(f"unknown backend {backend!r}; choose 'auto', 'gsplat', 'numba', 'torch' or 'dense'")
+    if on_cuda and gsplat_version() is not None:
+        return "gsplat"
+    return "numba" if device.type == "cpu" and NUMBA_AVAILABLE else "torch"
 
 
 def sh_colors(means: Tensor, coeffs: Tensor, viewmats: Tensor, sh_degree: int) -> Tensor:
@@ -118,8 +130,9 @@ def rasterization(
         absgrad: also accumulate ``info["means2d"].absgrad`` (used by gsplat's DefaultStrategy).
         rasterize_mode: "classic" or "antialiased" (opacity times the blur compensation).
         channel_chunk: forwarded to gsplat.
-        backend: "auto" (gsplat for CUDA tensors, else torch), "gsplat", "torch" (sparse pure-PyTorch),
-            or "dense" (every pixel x every Gaussian; a slow reference for tests and benchmarks).
+        backend: "auto" (gsplat for CUDA tensors, numba for CPU tensors, else torch), "gsplat", "numba"
+            (compiled CPU tile kernels), "torch" (sparse pure-PyTorch, the reference), or "dense" (every
+            pixel x every Gaussian; a slow reference for tests and benchmarks).
 
     Returns:
         render_colors: [C, H, W, X], X = D, 1, or D + 1 (depth last) by render mode.
@@ -127,7 +140,9 @@ def rasterization(
         info: dict with at least ``radii`` ([C, N] int32 for gsplat 1.4, [C, N, 2] for gsplat >= 1.5),
             ``means2d`` [C, N, 2] (retains grad), ``depths`` [C, N], ``conics`` [C, N, 3],
             ``opacities`` [C, N], ``width``, ``height``, ``n_cameras``, ``tile_size``,
-            ``gaussian_ids``/``camera_ids`` (None), ``backend`` and, for torch, ``n_pairs``.
+            ``gaussian_ids``/``camera_ids`` (None), ``backend`` and, for numba and torch, ``n_pairs``
+            (numba counts the pairs composited before each pixel's early stop, torch every pair that
+            passes the alpha test).
     """
     n = means.shape[0]
     c = viewmats.shape[0]
@@ -148,7 +163,7 @@ def rasterization(
     return _rasterize_torch(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
         radius_clip, eps2d, sh_degree, tile_size, backgrounds, render_mode, absgrad, rasterize_mode,
-        dense=chosen == "dense",
+        compositor=chosen,
     )
 
 
@@ -183,13 +198,19 @@ def _check_shapes(means, quats, scales, opacities, colors, viewmats, Ks, n, c, s
 
 def _rasterize_torch(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane,
-    radius_clip, eps2d, sh_degree, tile_size, backgrounds, render_mode, absgrad, rasterize_mode, dense=False,
+    radius_clip, eps2d, sh_degree, tile_size, backgrounds, render_mode, absgrad, rasterize_mode, compositor="torch",
 ):
     c = viewmats.shape[0]
-    radii, means2d, depths, conics, comp = project_gaussians(
-        means, None, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
-        radius_clip=radius_clip, calc_compensations=rasterize_mode == "antialiased", quats=quats, scales=scales,
-    )
+    if compositor == "numba" and not (viewmats.requires_grad or Ks.requires_grad):
+        radii, means2d, depths, conics, comp = project_gaussians_compiled(
+            means, quats, scales, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
+            far_plane=far_plane, radius_clip=radius_clip, calc_compensations=rasterize_mode == "antialiased",
+        )
+    else:  # the reference, and the path that passes gradients to cameras
+        radii, means2d, depths, conics, comp = project_gaussians(
+            means, None, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
+            radius_clip=radius_clip, calc_compensations=rasterize_mode == "antialiased", quats=quats, scales=scales,
+        )
     opac = opacities[None].expand(c, -1)
     if comp is not None:
         opac = opac * comp
@@ -216,13 +237,14 @@ def _rasterize_torch(
         means2d.absgrad = absgrad_acc
     renders, alphas, n_pairs = [], [], 0
     for ci in range(c):
-        if dense:
+        if compositor == "dense":
             out, t_final = composite_dense(
                 means2d[ci], conics[ci], opac[ci], feats[ci], radii[ci], depths[ci], width, height, tile_size
             )
             n_ci = 0
         else:
-            out, t_final, n_ci = composite_camera(
+            composite = composite_camera_compiled if compositor == "numba" else composite_camera
+            out, t_final, n_ci = composite(
                 means2d[ci], conics[ci], opac[ci], feats[ci], radii[ci], depths[ci], width, height, tile_size,
                 absgrad_sink=None if absgrad_acc is None else absgrad_acc[ci],
             )
@@ -251,6 +273,6 @@ def _rasterize_torch(
         "tile_size": tile_size,
         "n_cameras": c,
         "n_pairs": n_pairs,
-        "backend": "dense" if dense else "torch",
+        "backend": compositor,
     }
     return render, alpha, info
