@@ -1,6 +1,6 @@
 """A corpus of small synthetic scenes for feed-forward training, and the multi-scene reader.
 
-Layout (``shared/specs/DATA.md``): a folder of scene folders plus ``index.json`` =
+Layout (``docs/DATA.md``): a folder of scene folders plus ``index.json`` =
 ``{"train": [...], "val": [...], "test": [...]}``. Every scene folder is a normal scene (``transforms.json``,
 ``images/``, ``depths/``, ``gt/``, ``language_features/``, ``object_mask/``) so the per-scene methods read it
 too. Scenes here are rendered along a *video-like* trajectory (a slow walk with a slow pan, like a ScanNet

@@ -65,7 +65,7 @@ def test_outputs_carry_the_feature_channel(runs):
     assert outputs["depth"].shape == (h, w, 1)
     assert outputs["features"].shape == (h, w, 16)
     assert pipeline.model.device.type == "cpu"
-    assert pipeline.model.info["backend"] == "torch"
+    assert pipeline.model.info["backend"] == "numba"
 
 
 def test_depth_loss_is_the_relative_error_to_the_depth_map_and_moves_the_gaussians(runs):

@@ -1,4 +1,4 @@
-"""Reading and writing the 2D cue files of a scene (layout in ``shared/specs/DATA.md``).
+"""Reading and writing the 2D cue files of a scene (layout in ``docs/DATA.md``).
 
 Two cue folders, both in the layouts other tools already use, so cues made elsewhere load as they are::
 

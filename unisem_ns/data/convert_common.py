@@ -1,7 +1,7 @@
 """Shared machinery of the real-dataset converters (``replica``, ``scannet``, ``colmap_scene``).
 
 Every converter turns a dataset in its own layout into ONE scene folder in our layout
-(``shared/specs/DATA.md``): ``transforms.json`` (OpenGL camera-to-world), ``images/``, ``depths/`` (uint16 PNG,
+(``docs/DATA.md``): ``transforms.json`` (OpenGL camera-to-world), ``images/``, ``depths/`` (uint16 PNG,
 millimetres: Nerfstudio multiplies ``.npy`` depths by ``depth_unit_scale_factor`` too, so we always write PNG),
 ``sparse_pc.ply``, ``gt/`` and ``object_mask/``, with ``train_filenames`` / ``val_filenames`` / ``test_filenames``.
 

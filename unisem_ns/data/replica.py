@@ -1,4 +1,4 @@
-"""Replica sequences in the Semantic-NeRF layout -> a scene folder in our layout (``shared/specs/DATA.md``).
+"""Replica sequences in the Semantic-NeRF layout -> a scene folder in our layout (``docs/DATA.md``).
 
 Source layout (Semantic-NeRF's rendered Replica, ``SSR/datasets/replica/replica_datasets.py``)::
 

@@ -1,4 +1,4 @@
-"""ScanNet scenes -> scene folders in our layout (``shared/specs/DATA.md``).
+"""ScanNet scenes -> scene folders in our layout (``docs/DATA.md``).
 
 Two source layouts:
 

@@ -1,4 +1,4 @@
-"""Reading and checking a scene folder (layout in ``shared/specs/DATA.md``) without nerfstudio.
+"""Reading and checking a scene folder (layout in ``docs/DATA.md``) without nerfstudio.
 
 Every check raises :class:`InputError` with one line that names the offending file and says how to fix
 it; the Nerfstudio glue turns that into a clean exit instead of a traceback.

@@ -5,7 +5,7 @@
 * :mod:`unisem_ns.econsg.autoencoder` — the D -> d latent autoencoder, its paper / code losses and training.
 * :mod:`unisem_ns.econsg.prepare` — :func:`prepare_econsg`, the cached per-scene preprocessing pipeline.
 
-See ``shared/specs/ALGORITHMS.md`` section 1. Labels are 0-based class indices, -1 = unlabelled (files: +1,
+Labels are 0-based class indices, -1 = unlabelled (files: +1,
 0 = ignore).
 """
 

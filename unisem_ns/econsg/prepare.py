@@ -533,7 +533,7 @@ def prepare_econsg(
     """Run econSG's preprocessing on a scene (see the module docstring for the outputs).
 
     Args:
-        scene: scene folder (``shared/specs/DATA.md``) with transforms.json, images, depth, ``object_mask/``
+        scene: scene folder (``docs/DATA.md``) with transforms.json, images, depth, ``object_mask/``
             and ``language_features/`` (or ``dense_features/``).
         out: output folder (default ``scene/econsg/d{d}``).
         cfg: settings.

@@ -2,7 +2,7 @@
 
 One interface, :class:`TextEncoder`: ``name`` (stable id for cache keys), ``dim``, ``encode(texts) -> [n, dim]``
 float32 unit rows with a per-string cache, and ``to_json()`` (the ``encoder.json`` description written next to
-2D language cues, see ``shared/specs/DATA.md``). :func:`make_text_encoder` builds one from a spec string or from
+2D language cues, see ``docs/DATA.md``). :func:`make_text_encoder` builds one from a spec string or from
 an ``encoder.json`` dict.
 
 Nothing is ever downloaded. The sentence-transformers MiniLM-L6-v2 model ships inside the

@@ -1,6 +1,6 @@
 """Nerfstudio dataparsers for real datasets: convert on first use, then parse the scene as ``unisem-data``.
 
-Each parser converts its raw dataset folder (``--data``) into our one scene layout (``shared/specs/DATA.md``)
+Each parser converts its raw dataset folder (``--data``) into our one scene layout (``docs/DATA.md``)
 with the converters in ``unisem_ns.data`` (cached in ``<data>/unisem`` or ``--cache-dir``; a conversion whose
 inputs and options are unchanged is reused as it is), then delegates to :class:`UnisemDataParser`, so every
 ``unisem-data`` option (``--eval-mode``, ``--load-3D-points``, ...) applies unchanged. Bad input ends with one

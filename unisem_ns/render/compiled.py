@@ -107,6 +107,21 @@ def _bin_tiles(boxes, tile_size, tiles_x, n_tiles):  # pragma: no cover - compil
     return ptr, ids
 
 
+@njit(inline="always", fastmath={"reassoc", "contract"}, **_KERNEL_OPTS) if NUMBA_AVAILABLE else (lambda f: f)
+def _colour_terms(colors, g, v_out, pix, vc, weight, d):  # pragma: no cover - compiled
+    """``vc += weight * v_out[pix]`` and the dot ``colors[g] . v_out[pix]``, the D-wide part of the backward.
+
+    Only these instructions may be reordered (so the loop vectorises); the alpha and transmittance
+    arithmetic around them stays exact, identical to the forward kernel's.
+    """
+    dot = 0.0
+    for j in range(d):
+        vo = v_out[pix, j]
+        dot += colors[g, j] * vo
+        vc[j] += weight * vo
+    return dot
+
+
 # Columns of the per-Gaussian parameter rows the kernels read (one row per Gaussian, in its dtype).
 _MX, _MY, _HALF_A, _B, _HALF_C, _OP, _SIGMA_MAX = range(7)
 
@@ -283,11 +298,7 @@ def _backward_kernel(
                         tr = trans[p] * inv  # transmittance in front of this pair
                         trans[p] = tr
                         weight = alpha * tr
-                        dot = 0.0
-                        for j in range(d):
-                            vo = v_out[pix, j]
-                            dot += colors[g, j] * vo
-                            vc[j] += weight * vo
+                        dot = _colour_terms(colors, g, v_out, pix, vc, weight, d)
                         v_alpha = tr * dot - behind[p] * inv
                         behind[p] += weight * dot
                         if raw < alpha_max:  # the clamp passes no gradient, as in gsplat
