@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .composite import _empty, _pixel_boxes
+from .composite import _empty, sorted_visible
 from .projection import ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_MIN
 
 try:  # numba is a declared dependency; the import guard only keeps `auto` working if it is removed.
@@ -444,17 +444,11 @@ def composite_camera_compiled(
     if means2d.device.type != "cpu":
         raise ValueError(f"the compiled backend runs on CPU tensors only (got {means2d.device})")
     d = colors.shape[-1]
-    visible = ((radii > 0) & (opacities >= ALPHA_THRESHOLD)).nonzero().squeeze(1)
-    if visible.numel() == 0:
+    sorted_set = sorted_visible(means2d, conics, opacities, colors, radii, depths, width, height, tile_size)
+    if sorted_set is None:
         return _empty(means2d, conics, opacities, colors, width, height)
-    order = visible.index_select(0, torch.sort(depths.detach().index_select(0, visible), stable=True)[1])
-    m2 = means2d.index_select(0, order)
-    cn = conics.index_select(0, order)
-    op = opacities.index_select(0, order)
-    col = colors.index_select(0, order)
-    boxes = torch.stack(
-        _pixel_boxes(m2.detach(), radii.index_select(0, order), cn.detach(), op.detach(), width, height, tile_size), 1
-    ).numpy()
+    order, m2, cn, op, col, boxes = sorted_set
+    boxes = torch.stack(boxes, 1).numpy()
     bins_x = -(-width // BIN_SIZE)
     n_bins = bins_x * -(-height // BIN_SIZE)
     ptr, ids = _bin_tiles(boxes, BIN_SIZE, bins_x, n_bins)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .compiled import _LAUNCH_LOCK, NUMBA_AVAILABLE, _jit, _prange, _workers
+from .compiled import _LAUNCH_LOCK, NUMBA_AVAILABLE, _f64, _jit, _prange, _workers
 
 if NUMBA_AVAILABLE:
     import numba
@@ -301,10 +301,6 @@ def _project_bwd(
         v_quats[g, 1] = (gx - dot * qx) / qn
         v_quats[g, 2] = (gy - dot * qy) / qn
         v_quats[g, 3] = (gz - dot * qz) / qn
-
-
-def _f64(t: Tensor) -> np.ndarray:
-    return t.detach().to(torch.float64).contiguous().numpy()
 
 
 class _ProjectGaussians(torch.autograd.Function):

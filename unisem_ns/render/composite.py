@@ -265,6 +265,26 @@ class _Composite(torch.autograd.Function):
         return acc[:, 0:2], acc[:, 2:5], acc[:, 5], v_colors, None, None, None, None
 
 
+def sorted_visible(means2d, conics, opacities, colors, radii, depths, width, height, tile_size):
+    """The visible Gaussians front to back and their pixel boxes, or None when none is visible.
+
+    Returns:
+        (order [Nv] indices into the inputs, means2d [Nv, 2], conics [Nv, 3], opacities [Nv], colors [Nv, D],
+        (x0, x1, y0, y1) [Nv] int64 boxes from :func:`_pixel_boxes`).
+    """
+    visible = ((radii > 0) & (opacities >= ALPHA_THRESHOLD)).nonzero().squeeze(1)
+    if visible.numel() == 0:
+        return None
+    # Front-to-back order; stable so equal depths keep index order, as gsplat's radix sort does.
+    order = visible.index_select(0, torch.sort(depths.detach().index_select(0, visible), stable=True)[1])
+    m2 = means2d.index_select(0, order)
+    cn = conics.index_select(0, order)
+    op = opacities.index_select(0, order)
+    col = colors.index_select(0, order)
+    boxes = _pixel_boxes(m2.detach(), radii.index_select(0, order), cn.detach(), op.detach(), width, height, tile_size)
+    return order, m2, cn, op, col, boxes
+
+
 def composite_camera(
     means2d: Tensor,
     conics: Tensor,
@@ -298,16 +318,10 @@ def composite_camera(
     """
     hw = width * height
     d = colors.shape[-1]
-    visible = ((radii > 0) & (opacities >= ALPHA_THRESHOLD)).nonzero().squeeze(1)
-    if visible.numel() == 0:
+    sorted_set = sorted_visible(means2d, conics, opacities, colors, radii, depths, width, height, tile_size)
+    if sorted_set is None:
         return _empty(means2d, conics, opacities, colors, width, height)
-    # Front-to-back order; stable so equal depths keep index order, as gsplat's radix sort does.
-    order = visible.index_select(0, torch.sort(depths.detach().index_select(0, visible), stable=True)[1])
-    m2 = means2d.index_select(0, order)
-    cn = conics.index_select(0, order)
-    op = opacities.index_select(0, order)
-    col = colors.index_select(0, order)
-    boxes = _pixel_boxes(m2.detach(), radii.index_select(0, order), cn.detach(), op.detach(), width, height, tile_size)
+    order, m2, cn, op, col, boxes = sorted_set
     # Work in bands of rows of about PAIRS_PER_BAND candidate pairs: the per-pair arrays then stay
     # small enough for the caches, and memory stays bounded on large images.
     candidates = int(((boxes[1] - boxes[0]) * (boxes[3] - boxes[2])).sum())
