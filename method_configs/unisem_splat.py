@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
-from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
@@ -12,15 +11,16 @@ from nerfstudio.plugins.types import MethodSpecification
 
 import unisem_ns.ns.checkpoints  # noqa: F401  (registers the safe globals for torch.load)
 from unisem_ns.ns.data import UnisemDatamanagerConfig
+from unisem_ns.ns.optimizers import FusedAdamOptimizerConfig
 from unisem_ns.ns.splat_model import UnisemSplatModelConfig
 
 
 def splat_optimizers(feature_lr: float = 2.5e-3) -> dict:
-    """Splatfacto's optimizer settings plus the per-Gaussian feature group."""
-    adam = lambda lr: {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": None}  # noqa: E731
+    """Splatfacto's optimizer settings plus the per-Gaussian feature group (fused Adam steps)."""
+    adam = lambda lr: {"optimizer": FusedAdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": None}  # noqa: E731
     return {
         "means": {
-            "optimizer": AdamOptimizerConfig(lr=1.6e-4, eps=1e-15),
+            "optimizer": FusedAdamOptimizerConfig(lr=1.6e-4, eps=1e-15),
             "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=30000),
         },
         "features_dc": adam(0.0025),
@@ -30,11 +30,11 @@ def splat_optimizers(feature_lr: float = 2.5e-3) -> dict:
         "quats": adam(0.001),
         "features_sem": adam(feature_lr),
         "camera_opt": {
-            "optimizer": AdamOptimizerConfig(lr=1e-4, eps=1e-15),
+            "optimizer": FusedAdamOptimizerConfig(lr=1e-4, eps=1e-15),
             "scheduler": ExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=30000, warmup_steps=1000, lr_pre_warmup=0),
         },
         "bilateral_grid": {
-            "optimizer": AdamOptimizerConfig(lr=2e-3, eps=1e-15),
+            "optimizer": FusedAdamOptimizerConfig(lr=2e-3, eps=1e-15),
             "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=30000, warmup_steps=1000, lr_pre_warmup=0),
         },
     }

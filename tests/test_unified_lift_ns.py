@@ -364,3 +364,35 @@ def test_missing_object_masks_is_one_clear_line(instance_scene, tmp_path):
 @needs_chromium
 def test_viewer_shows_the_run(tmp_path, lift_run):
     check_viewer_shows_the_scene(lift_run / "config.yml", tmp_path, "viewer_unified_lift.png")
+
+
+def test_language_naming_is_the_running_mean_of_each_ids_pixel_cues(lift_run):
+    """One training view's update of the per-id language sums equals the per-pixel definition: each id's pixels
+    add their segment's unit embedding."""
+    import torch
+    import torch.nn.functional as F
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(lift_run / "config.yml", test_mode="test")
+    model = pipeline.model
+    batch = pipeline.datamanager.train_dataset[0]
+    assert "lang_seg" in batch
+    features = torch.randn(*batch["object_mask"].shape[:2], model.config.feature_dim,
+                           generator=torch.Generator().manual_seed(0))
+    before_sum, before_weight = model.language_sum.clone(), model.language_weight.clone()
+    model._accumulate_language(features, batch)
+
+    seg = batch["lang_seg"]
+    seg = (seg[None] if seg.ndim == 2 else seg)[0].long()
+    valid = seg >= 0
+    ids = model.codebook.instance_ids(features[valid])
+    cues = F.normalize(batch["lang_feats"].float()[seg[valid]], dim=-1)  # [M, D] per-pixel targets
+    decay = model.config.language_decay
+    want_sum = before_sum * decay
+    want_weight = before_weight * decay
+    for i in ids.unique().tolist():
+        want_sum[i] += cues[ids == i].sum(0)
+        want_weight[i] += float((ids == i).sum())
+    assert int(valid.sum()) > 0 and ids.unique().numel() > 1
+    torch.testing.assert_close(model.language_sum, want_sum, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(model.language_weight, want_weight)

@@ -26,7 +26,7 @@ from unisem_ns.data.scene_io import InputError
 from unisem_ns.metrics import depth_metrics
 from unisem_ns.metrics.image import image_metrics
 from unisem_ns.ns.dataparser import exit_on_input_error
-from unisem_ns.render import rasterization, sh_colors
+from unisem_ns.render import rasterization, sh_colors_split
 
 @dataclass
 class UnisemSplatModelConfig(SplatfactoModelConfig):
@@ -189,7 +189,7 @@ class UnisemSplatModel(SplatfactoModel):
         """Per-camera RGB [C, N, 3], with SH evaluated here so features can ride in the same pass."""
         if self.config.sh_degree > 0:
             degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
-            return sh_colors(means, torch.cat([features_dc[:, None], features_rest], dim=1), viewmat, degree)
+            return sh_colors_split(means, features_dc, features_rest, viewmat, degree, self.config.render_backend)
         return torch.sigmoid(features_dc)[None].expand(viewmat.shape[0], -1, -1)
 
     def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:

@@ -21,7 +21,6 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from torch import nn
 from torch.nn import Parameter
 
-from unisem_ns.cues.layout import dense_targets
 from unisem_ns.geometry.backproject import backproject_depth, opengl_to_opencv_c2w
 from unisem_ns.language.query_field import palette
 from unisem_ns.metrics.panoptic import PanopticAccumulator
@@ -309,15 +308,23 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
 
     @torch.no_grad()
     def _accumulate_language(self, features: torch.Tensor, batch) -> None:
-        """Running mean of the 2D language cue over each codebook id's pixels (names instances for queries)."""
-        target, valid = dense_targets(batch["lang_seg"].to(self.device), batch["lang_feats"].to(self.device), 0)
+        """Running mean of the 2D language cue over each codebook id's pixels (names instances for queries).
+
+        A pixel's cue is its segment's embedding, so the sum over an id's pixels is (pixels of each segment under
+        that id) @ (unit segment embeddings): no per-pixel [H, W, D] target is built."""
+        seg = batch["lang_seg"].to(self.device)
+        seg = (seg[None] if seg.ndim == 2 else seg)[0].long()
+        valid = seg >= 0
         if not valid.any():
             return
         ids = self.codebook.instance_ids(features[valid])
-        self.language_sum.mul_(self.config.language_decay)
-        self.language_weight.mul_(self.config.language_decay)
-        self.language_sum.index_add_(0, ids, F.normalize(target[valid].float(), dim=-1))
-        self.language_weight.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float32))
+        unit = F.normalize(batch["lang_feats"].to(self.device).float(), dim=-1)  # [K, D]
+        k = unit.shape[0]
+        counts = torch.zeros(self.language_weight.shape[0] * k, device=self.device)
+        counts.index_add_(0, ids * k + seg[valid], torch.ones_like(ids, dtype=torch.float32))
+        counts = counts.reshape(-1, k)  # [L, K] pixels of segment k assigned to id l
+        self.language_sum.mul_(self.config.language_decay).add_(counts @ unit)
+        self.language_weight.mul_(self.config.language_decay).add_(counts.sum(1))
 
     # ------------------------------------------------------------------------------------------- inference
 

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .compiled import NUMBA_AVAILABLE, composite_camera_compiled
 from .compiled_projection import project_gaussians_compiled
+from .compiled_sh import MAX_COMPILED_DEGREE, sh_colors_compiled
 from .composite import composite_camera
 from .dense import composite_dense
 from .projection import project_gaussians, spherical_harmonics
@@ -79,6 +80,30 @@ def sh_colors(means: Tensor, coeffs: Tensor, viewmats: Tensor, sh_degree: int) -
     dirs = means[None] - campos[:, None]  # [C, N, 3]
     shs = coeffs if coeffs.dim() == 4 else coeffs[None].expand(c, -1, -1, -1)
     return torch.clamp_min(spherical_harmonics(sh_degree, dirs, shs) + 0.5, 0.0)
+
+
+def sh_colors_split(
+    means: Tensor, sh_dc: Tensor, sh_rest: Tensor, viewmats: Tensor, sh_degree: int, backend: Backend = "auto"
+) -> Tensor:
+    """:func:`sh_colors` for coefficients stored as two tensors, as splat models keep them.
+
+    Args:
+        means: [N, 3] Gaussian centres.
+        sh_dc: [N, 3] band-0 coefficients.
+        sh_rest: [N, K - 1, 3] higher bands.
+        viewmats: [C, 4, 4] world-to-camera matrices.
+        sh_degree: bands to use.
+        backend: as in :func:`rasterization`; the numba backend evaluates degrees <= 3 in one compiled pass
+            for fixed cameras, the others concatenate the coefficients and call :func:`sh_colors`.
+
+    Returns:
+        [C, N, 3] colours.
+    """
+    chosen = select_backend(means.device, backend)
+    if chosen == "numba" and sh_degree <= MAX_COMPILED_DEGREE and not viewmats.requires_grad:
+        campos = torch.linalg.inv(viewmats.detach())[:, :3, 3]
+        return sh_colors_compiled(means, sh_dc, sh_rest, campos, sh_degree)
+    return sh_colors(means, torch.cat([sh_dc[:, None], sh_rest], dim=1), viewmats, sh_degree)
 
 
 def rasterization(

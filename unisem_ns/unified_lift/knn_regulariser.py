@@ -72,5 +72,5 @@ def knn_feature_regulariser(
     gen_device = generator.device if generator is not None else torch.device("cpu")
     idx = torch.randint(n, (num_samples,), generator=generator, device=gen_device).to(means.device)
     nn = nearest_neighbours(means[idx].detach(), means.detach(), k)
-    unit = F.normalize(features, dim=-1)
-    return (unit[idx][:, None, :] - unit[nn]).square().sum(-1).mean()
+    # normalise only the rows used: the same value, without a full [N, D] normalisation and its backward
+    return (F.normalize(features[idx], dim=-1)[:, None, :] - F.normalize(features[nn], dim=-1)).square().sum(-1).mean()
