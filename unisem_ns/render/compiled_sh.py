@@ -105,6 +105,23 @@ def _unit(dx, dy, dz):  # pragma: no cover - compiled
     return dx / r, dy / r, dz / r, r
 
 
+@_jit(parallel=False)
+def _direction_basis(means, campos, g, c, degree, b):  # pragma: no cover - compiled
+    """Basis values of Gaussian g seen from camera c, into ``b``; returns the unit direction and |d|."""
+    x, y, z, r = _unit(means[g, 0] - campos[c, 0], means[g, 1] - campos[c, 1], means[g, 2] - campos[c, 2])
+    _basis(x, y, z, degree, b)
+    return x, y, z, r
+
+
+@_jit(parallel=False)
+def _sh_sum(b, dc, rest, g, j, k):  # pragma: no cover - compiled
+    """Channel j of Gaussian g's SH value before the +0.5 offset and the clamp."""
+    acc = b[0] * dc[g, j]
+    for i in range(1, k):
+        acc += b[i] * rest[g, i - 1, j]
+    return acc
+
+
 @_jit(parallel=True)
 def _sh_fwd(means, dc, rest, campos, degree, out):  # pragma: no cover - compiled
     n = means.shape[0]
@@ -113,14 +130,9 @@ def _sh_fwd(means, dc, rest, campos, degree, out):  # pragma: no cover - compile
         b = np.empty(16)  # scratch per chunk: an allocation per Gaussian would cost more than the SH
         for g in range(chunk * _CHUNK, min(n, (chunk + 1) * _CHUNK)):
             for c in range(campos.shape[0]):
-                x, y, z, _r = _unit(means[g, 0] - campos[c, 0], means[g, 1] - campos[c, 1],
-                                    means[g, 2] - campos[c, 2])
-                _basis(x, y, z, degree, b)
+                _direction_basis(means, campos, g, c, degree, b)
                 for j in range(3):
-                    acc = b[0] * dc[g, j]
-                    for i in range(1, k):
-                        acc += b[i] * rest[g, i - 1, j]
-                    out[c, g, j] = max(acc + 0.5, 0.0)
+                    out[c, g, j] = max(_sh_sum(b, dc, rest, g, j, k) + 0.5, 0.0)
 
 
 @_jit(parallel=True)
@@ -139,15 +151,10 @@ def _sh_bwd(means, dc, rest, campos, degree, v_out, v_means, v_dc, v_rest):  # p
                 for i in range(rest.shape[1]):
                     v_rest[g, i, j] = 0.0
             for c in range(campos.shape[0]):
-                x, y, z, r = _unit(means[g, 0] - campos[c, 0], means[g, 1] - campos[c, 1],
-                                   means[g, 2] - campos[c, 2])
-                _basis(x, y, z, degree, b)
+                x, y, z, r = _direction_basis(means, campos, g, c, degree, b)
                 for j in range(3):
-                    acc = b[0] * dc[g, j]
-                    for i in range(1, k):
-                        acc += b[i] * rest[g, i - 1, j]
                     # clamp_min passes the gradient where its input is >= the bound
-                    v_col[j] = v_out[c, g, j] if acc + 0.5 >= 0.0 else 0.0
+                    v_col[j] = v_out[c, g, j] if _sh_sum(b, dc, rest, g, j, k) + 0.5 >= 0.0 else 0.0
                 for j in range(3):
                     v_dc[g, j] += b[0] * v_col[j]
                     for i in range(1, k):
