@@ -285,10 +285,12 @@ def write_pack(scene: Path, labels: Optional[Dict[int, int]] = None) -> Path:
     ``labels`` optionally remaps GT class ids (e.g. ScanNet ids to an 8-class set) before packing.
     """
     from unisem_ns.cues.layout import load_language_cue
-    from unisem_ns.data.scene_io import load_depth, validate_scene
+    from unisem_ns.data.scene_io import load_depth
+    from unisem_ns.data.validate import SceneNeeds, require_valid_scene
 
     scene = Path(scene)
-    frames = validate_scene(scene, check_images=False)
+    needs = SceneNeeds(language_cues=(scene / "language_features").is_dir(), min_train_views=0, check_images=False)
+    frames = require_valid_scene(scene, needs).frames
     meta = json.loads((scene / "transforms.json").read_text())
     n = len(frames)
     imgs, depths, c2ws, Ks, segs, feats, objs, sems, stems = [], [], [], [], [], [], [], [], []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
@@ -13,6 +12,7 @@ import unisem_ns.ns.checkpoints  # noqa: F401  (registers the safe globals for t
 from unisem_ns.ns.data import UnisemDatamanagerConfig
 from unisem_ns.ns.optimizers import FusedAdamOptimizerConfig
 from unisem_ns.ns.splat_model import UnisemSplatModelConfig
+from unisem_ns.ns.trainer import UnisemTrainerConfig
 
 
 def splat_optimizers(feature_lr: float = 2.5e-3) -> dict:
@@ -41,7 +41,7 @@ def splat_optimizers(feature_lr: float = 2.5e-3) -> dict:
 
 
 unisem_splat = MethodSpecification(
-    config=TrainerConfig(
+    config=UnisemTrainerConfig(
         method_name="unisem-splat",
         steps_per_eval_image=100,
         steps_per_eval_batch=0,

@@ -23,11 +23,9 @@ class ExportArgs:
 
 
 def run_export(args: ExportArgs) -> Path:
-    from nerfstudio.utils.eval_utils import eval_setup
+    from unisem_ns.ns.trainer import load_run
 
-    if not args.load_config.exists():
-        raise InputError(f"{args.load_config}: no such run config; pass the config.yml of an ns-train unified-lift run")
-    _, pipeline, _, _ = eval_setup(args.load_config, test_mode="inference")
+    _, pipeline, _, _ = load_run(args.load_config, test_mode="inference")
     model = pipeline.model
     if not hasattr(model, "export_ply"):
         raise InputError(

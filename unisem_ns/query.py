@@ -52,10 +52,35 @@ def _to_u8(img: torch.Tensor) -> np.ndarray:
     return (img.clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
-def run_query(args: QueryArgs) -> Dict:
-    from nerfstudio.utils.eval_utils import eval_setup
+def query_file_names(queries: List[str]) -> Dict[str, str]:
+    """A file-name stem per query: letters, digits, ``_`` and ``-`` only (so ``/``, ``..`` cannot leave the
+    output folder), made unique by a numeric suffix when two queries map to the same stem."""
+    names: Dict[str, str] = {}
+    used: set = set()
+    for q in queries:
+        base = name = _safe(q)
+        k = 2
+        while name in used:
+            name, k = f"{base}_{k}", k + 1
+        used.add(name)
+        names[q] = name
+    return names
 
-    _, pipeline, _, _ = eval_setup(args.load_config, test_mode="test")
+
+def parse_queries(text: str) -> List[str]:
+    """The ';'-separated queries of ``--queries`` (blank items dropped, repeats once); a value that holds only
+    separators or spaces is an error, not a silent "no queries"."""
+    queries = list(dict.fromkeys(q.strip() for q in text.split(";") if q.strip()))
+    if text.strip() and not queries:
+        raise InputError(f"--queries {text!r}: no query text between the ';' separators; give e.g. --queries 'couch;lamp'")
+    return queries
+
+
+def run_query(args: QueryArgs) -> Dict:
+    from unisem_ns.ns.trainer import load_run
+
+    queries = parse_queries(args.queries)  # before loading anything
+    _, pipeline, _, _ = load_run(args.load_config, test_mode="test")
     model = pipeline.model
     field = getattr(model, "query_field", None)
     if field is None and not hasattr(model, "predict_instances"):
@@ -63,7 +88,6 @@ def run_query(args: QueryArgs) -> Dict:
             f"{args.load_config}: method '{type(model).__name__}' renders no language features; "
             "query a run of a semantic method (e.g. ns-train unisem-distill)"
         )
-    queries = [q.strip() for q in args.queries.split(";") if q.strip()]
     if field is None and (queries or args.labels is not None):
         raise InputError(
             f"{args.load_config}: this run's scene had no 2D language cues, so it answers no text queries (instance "
@@ -81,6 +105,7 @@ def run_query(args: QueryArgs) -> Dict:
         field.set_labels(labels)
 
     dataset = pipeline.datamanager.eval_dataset
+    file_names = query_file_names(queries)
     class_names: List[str] = list(getattr(model, "class_names", []))
     seg_cm = ConfusionMatrix(len(class_names), ignore_index=0) if class_names and labels == model.eval_labels else None
     # Per query: intersection and union with every GT class, pooled over views.
@@ -101,7 +126,7 @@ def run_query(args: QueryArgs) -> Dict:
         for i, q in enumerate(queries):
             rel = outputs[f"relevancy_{i}"][..., 0]
             mask = binary_mask(rel, style=args.mask_style)
-            name = _safe(q)
+            name = file_names[q]
             atomic_save_png(view_dir / f"relevancy_{name}.png", _to_u8(turbo(rel)))
             atomic_save_png(view_dir / f"composited_{name}.png", _to_u8(outputs[f"composited_{i}"]))
             atomic_save_png(view_dir / f"mask_{name}.png", mask.cpu().numpy().astype(np.uint8) * 255)
@@ -158,7 +183,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         metrics = run_query(args)
     except InputError as e:
-        raise SystemExit(f"unisem_ns: error: {e}") from None
+        raise SystemExit("\n".join(f"unisem_ns: error: {line}" for line in str(e).splitlines())) from None
     print(f"unisem-query: wrote {metrics['views']} views to {args.output}")
     if "segmentation" in metrics:
         s = metrics["segmentation"]

@@ -103,10 +103,10 @@ def load_encoder(spec: str, device: str = "cpu"):
 
 def run(args: PreprocessArgs, log=print) -> CueRunReport:
     """Run one preprocessing job; returns what was computed / reused."""
-    from unisem_ns.cues.layout import scene_stems
+    from unisem_ns.data.validate import SceneNeeds, require_valid_scene
 
     scene = Path(args.data)
-    scene_stems(scene)  # fail early with a clear message if the scene folder is bad
+    require_valid_scene(scene, SceneNeeds(min_train_views=0))  # every problem of the scene, before any write
     if args.mode == "simulate":
         from unisem_ns.cues.simulator import CueCorruption, load_scene_labels, run_simulation
 
@@ -135,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         report = run(args)
     except InputError as err:
-        raise SystemExit(f"unisem-preprocess: error: {err}") from None
+        raise SystemExit("\n".join(f"unisem-preprocess: error: {line}" for line in str(err).splitlines())) from None
     print(f"Cues for {report.summary()} ({time.perf_counter() - start:.1f} s)")
 
 

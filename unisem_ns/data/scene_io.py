@@ -51,67 +51,20 @@ def read_transforms(scene: Path) -> Dict:
     return meta
 
 
-def _image_size(path: Path) -> Tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        raise InputError(f"{path}: unreadable image ({type(e).__name__}); replace the file or drop its frame from transforms.json") from None
-
-
 def validate_scene(scene: Path, check_images: bool = True) -> List[SceneFrame]:
-    """Check a scene folder before Nerfstudio reads it.
-
-    Checks: transforms.json exists and parses; every frame has intrinsics (top level or per frame) and
-    a 4x4 transform; every image exists, decodes, and has the size the intrinsics declare; depth files
-    named by frames exist.
+    """Check a scene's transforms.json, images and depths (see :mod:`unisem_ns.data.validate`, which also checks
+    cues and ground truth); raises :class:`InputError` listing every problem, one per line.
 
     Args:
         scene: the scene folder.
-        check_images: open every image (set False to skip decoding for very large scenes).
+        check_images: decode every image (set False to skip decoding for very large scenes).
 
     Returns:
         One :class:`SceneFrame` per frame.
     """
-    scene = Path(scene)
-    meta = read_transforms(scene)
-    tpath = scene / "transforms.json"
-    frames = []
-    for i, frame in enumerate(meta["frames"]):
-        missing = [k for k in ("fl_x", "w", "h") if k not in frame and k not in meta]
-        if missing:
-            raise InputError(
-                f"{tpath}: frame {i} has no intrinsics ({', '.join(missing)} missing); add fl_x, fl_y, cx, cy, w, h "
-                "at the top level or per frame"
-            )
-        if "file_path" not in frame:
-            raise InputError(f"{tpath}: frame {i} has no file_path; name the frame's image, e.g. images/frame_00000.png")
-        tm = np.asarray(frame.get("transform_matrix", []), dtype=float)
-        if tm.shape not in ((4, 4), (3, 4)):
-            raise InputError(f"{tpath}: frame {i} ({frame['file_path']}) needs a 4x4 camera-to-world transform_matrix")
-        image = scene / frame["file_path"]
-        if not image.exists():
-            raise InputError(f"{image}: image named by {tpath} (frame {i}) is missing; restore it or remove the frame")
-        w = int(frame.get("w", meta.get("w")))
-        h = int(frame.get("h", meta.get("h")))
-        if check_images:
-            size = _image_size(image)
-            if size != (w, h):
-                raise InputError(
-                    f"{image}: image is {size[0]}x{size[1]} but {tpath} declares w={w}, h={h}; "
-                    "fix w/h (and fl_x, fl_y, cx, cy) or resize the image"
-                )
-        depth = None
-        if "depth_file_path" in frame:
-            depth = scene / frame["depth_file_path"]
-            if not depth.exists():
-                raise InputError(f"{depth}: depth map named by {tpath} (frame {i}) is missing; restore it or drop depth_file_path")
-        frames.append(SceneFrame(image=image, depth=depth, width=w, height=h))
-    return frames
+    from unisem_ns.data.validate import SceneNeeds, require_valid_scene
+
+    return require_valid_scene(scene, SceneNeeds(check_images=check_images, min_train_views=0)).frames
 
 
 def load_depth(path: Path, unit_scale: float = 1e-3) -> np.ndarray:

@@ -15,12 +15,45 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, Nerfst
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from unisem_ns.data.scene_io import InputError, validate_scene
+from unisem_ns.data.scene_io import InputError
+from unisem_ns.data.validate import SceneCheck, SceneNeeds, check_scene
 
 
 def exit_on_input_error(err: InputError) -> "SystemExit":
-    """Bad input ends the command with its one-line message instead of a traceback."""
-    return SystemExit(f"unisem_ns: error: {err}")
+    """Bad input ends the command with its message (one line per problem) instead of a traceback."""
+    return SystemExit("\n".join(f"unisem_ns: error: {line}" for line in str(err).splitlines()))
+
+
+def scene_needs(config: "UnisemDataParserConfig") -> SceneNeeds:
+    """What a run with this dataparser reads from its scene."""
+    return SceneNeeds(language_cues=config.require_language_cues, object_masks=config.require_object_masks)
+
+
+_passed: set = set()
+
+
+def validate_scene_for(config: "UnisemDataParserConfig") -> SceneCheck:
+    """The scene check for a run (:func:`~unisem_ns.data.validate.check_scene`): warnings are printed, errors end
+    the command with every problem listed. A scene that passed is not checked again in the same process (the
+    trainer checks before writing anything; the dataparser then runs once per split)."""
+    if config.data is None:
+        from unisem_ns.data.default_scene import default_scene_dir
+
+        config.data = default_scene_dir()
+        CONSOLE.log(f"No --data given: using the embedded default scene at {config.data}")
+    needs = scene_needs(config)
+    key = (str(Path(config.data).resolve()), needs)
+    if key in _passed:
+        return SceneCheck(Path(config.data))
+    check = check_scene(Path(config.data), needs)
+    for w in check.warnings:
+        CONSOLE.log(f"[yellow]unisem_ns: warning: {w}")
+    if check.errors:
+        from unisem_ns.data.validate import SceneInvalid
+
+        raise exit_on_input_error(SceneInvalid(check))
+    _passed.add(key)
+    return check
 
 
 @dataclass
@@ -40,20 +73,16 @@ class UnisemDataParserConfig(NerfstudioDataParserConfig):
     require_object_masks: bool = False
     """Fail up front when the scene has no 2D instance masks in object_mask/ (set by the instance methods)."""
 
+    def check_before_run(self) -> None:
+        """Check the scene before a run writes anything (ns-train calls this before its first write)."""
+        validate_scene_for(self)
+
 
 class UnisemDataParser(Nerfstudio):
     config: UnisemDataParserConfig
 
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs):
-        if self.config.data is None:
-            from unisem_ns.data.default_scene import default_scene_dir
-
-            self.config.data = default_scene_dir()
-            CONSOLE.log(f"No --data given: using the embedded default scene at {self.config.data}")
-        try:
-            validate_scene(self.config.data)
-        except InputError as e:
-            raise exit_on_input_error(e) from None
+        validate_scene_for(self.config)
         eval_mode = self.config.eval_mode
         if eval_mode == "filename" and not _has_split_lists(self.config.data):
             self.config.eval_mode = "interval"
@@ -65,35 +94,17 @@ class UnisemDataParser(Nerfstudio):
         scene = Path(self.config.data)
         outputs.metadata["scene_dir"] = scene
         outputs.metadata["split"] = split
-        encoder_json = scene / "language_features" / "encoder.json"
-        if encoder_json.exists():
-            outputs.metadata["cue_encoder"] = json.loads(encoder_json.read_text())
-        elif self.config.require_language_cues:
-            raise exit_on_input_error(
-                InputError(
-                    f"{scene / 'language_features'}: no 2D language cues; make them with "
-                    f"`unisem-preprocess --data {scene} --mode simulate` (scenes with gt/) or `--mode sam-clip`"
-                )
-            )
-        if self.config.require_object_masks and split == "train":
-            _check_object_masks(scene, outputs.image_filenames)
+        if (scene / "language_features").is_dir():
+            from unisem_ns.cues.layout import CueError, read_encoder_json
+
+            try:  # checked by validate_scene_for when the method needs the cues; optional otherwise
+                outputs.metadata["cue_encoder"] = read_encoder_json(scene)
+            except CueError:
+                pass
         classes = scene / "gt" / "classes.json"
         if classes.exists():  # the label set for evaluation only; no labels are read for training
             outputs.metadata["class_names"] = json.loads(classes.read_text())
         return outputs
-
-
-def _check_object_masks(scene: Path, image_filenames) -> None:
-    folder = scene / "object_mask"
-    fix = (f"make them with `unisem-preprocess --data {scene} --mode simulate` (scenes with gt/) or `--mode sam-clip`, "
-           "or copy Gaussian Grouping / LERF-Mask masks there (one <image stem>.png per view)")
-    if not folder.is_dir():
-        raise exit_on_input_error(InputError(f"{folder}: no 2D instance masks; {fix}"))
-    missing = [Path(f).stem for f in image_filenames if not (folder / f"{Path(f).stem}.png").exists()]
-    if missing:
-        raise exit_on_input_error(
-            InputError(f"{folder / (missing[0] + '.png')}: missing ({len(missing)} training views have no mask); {fix}")
-        )
 
 
 def _has_split_lists(scene: Path) -> bool:

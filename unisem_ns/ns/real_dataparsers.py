@@ -102,6 +102,9 @@ class ReplicaDataParserConfig(UnisemDataParserConfig):
     convert: ReplicaConfig = field(default_factory=ReplicaConfig)
     """Converter options (frames, split, resize, labels, links): ``--convert.<option>``."""
 
+    def check_before_run(self) -> None:
+        """Nothing yet: the folder is a raw dataset; the scene it converts to is checked when it is parsed."""
+
 
 @dataclass
 class ScanNetDataParserConfig(UnisemDataParserConfig):
@@ -118,6 +121,9 @@ class ScanNetDataParserConfig(UnisemDataParserConfig):
     convert: ScanNetConfig = field(default_factory=ScanNetConfig)
     """Converter options (frames, split, resize, labels, links): ``--convert.<option>``."""
 
+    def check_before_run(self) -> None:
+        """Nothing yet: the folder is a raw dataset; the scene it converts to is checked when it is parsed."""
+
 
 @dataclass
 class ColmapSceneDataParserConfig(UnisemDataParserConfig):
@@ -133,6 +139,9 @@ class ColmapSceneDataParserConfig(UnisemDataParserConfig):
     """Convert again even when the cached conversion is current."""
     convert: ColmapSceneConfig = field(default_factory=ColmapSceneConfig)
     """Converter options (frames, split, resize, labels, links): ``--convert.<option>``."""
+
+    def check_before_run(self) -> None:
+        """Nothing yet: the folder is a raw dataset; the scene it converts to is checked when it is parsed."""
 
 
 replica_dataparser = DataParserSpecification(
