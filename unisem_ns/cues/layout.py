@@ -190,11 +190,7 @@ def load_language_cue(scene: Path, stem: str, mmap: bool = False) -> Tuple[np.nd
     for p in (s_path, f_path):
         if not p.exists():
             raise CueError(f"{p}: not found (no language cue for image {stem!r}); {_make_hint(scene)}")
-    try:
-        seg = np.load(s_path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        feats = np.load(f_path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise CueError(f"{s_path.parent}: unreadable cue file for {stem!r} ({e}); delete it and rerun unisem-preprocess") from None
+    seg, feats = (_load_npy(p, mmap) for p in (s_path, f_path))
     if seg.ndim == 2:
         seg = seg[None]
     if seg.ndim != 3 or not np.issubdtype(seg.dtype, np.integer):
@@ -208,6 +204,14 @@ def load_language_cue(scene: Path, stem: str, mmap: bool = False) -> Tuple[np.nd
                 f"{s_path}: mask index {int(seg.max())} but {f_path.name} has only {feats.shape[0]} rows; regenerate both"
             )
     return seg, feats
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise CueError(f"{path}: unreadable cue file ({reason}); delete it and rerun unisem-preprocess") from None
 
 
 def dense_targets(seg, feats, level: int = 0):
@@ -285,7 +289,7 @@ def load_object_mask(scene: Path, stem: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             arr = np.asarray(im)
-    except (OSError, UnidentifiedImageError) as e:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise CueError(f"{path}: unreadable instance mask ({e}); delete it and rerun unisem-preprocess") from None
     if arr.ndim == 3:  # an RGB(A) id map: Gaussian Grouping stores single-channel, but be lenient
         arr = arr[..., 0]

@@ -18,7 +18,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from unisem_ns.data.scene_io import InputError, SceneFrame, read_transforms
+from unisem_ns.data.scene_io import InputError, SceneFrame, load_depth, read_transforms
 
 __all__ = ["SceneNeeds", "Problem", "SceneCheck", "SceneInvalid", "check_scene", "require_valid_scene",
            "train_stems"]
@@ -85,6 +85,13 @@ class SceneCheck:
         return not self.errors
 
 
+def _problem(err: InputError) -> Problem:
+    """A reader's one-line :class:`InputError` (``"<path>: <what>; <fix>"``) as a :class:`Problem`."""
+    path, _, rest = str(err).partition(": ")
+    what, _, fix = rest.partition("; ")
+    return Problem(Path(path), what, fix)
+
+
 class SceneInvalid(InputError):
     """All problems of a scene, one per line (a single problem is a single line)."""
 
@@ -112,9 +119,7 @@ def check_scene(scene: Path, needs: SceneNeeds = SceneNeeds()) -> SceneCheck:
     try:
         meta = read_transforms(scene)
     except InputError as e:
-        path, _, rest = str(e).partition(": ")
-        what, _, fix = rest.partition("; ")
-        check.errors.append(Problem(Path(path), what, fix))
+        check.errors.append(_problem(e))
         return check
     tpath = scene / "transforms.json"
     poses: List[np.ndarray] = []
@@ -231,19 +236,13 @@ def _check_image(check: SceneCheck, image: Path, tpath: Path, w: int, h: int) ->
 
 def _check_depth(check: SceneCheck, depth: Path, w: int, h: int) -> None:
     try:
-        if depth.suffix == ".npy":
-            arr = np.load(depth, allow_pickle=False)
-        else:
-            from PIL import Image
-
-            with Image.open(depth) as im:
-                arr = np.asarray(im)
-    except (OSError, ValueError, SyntaxError) as e:
-        check.error(depth, f"unreadable depth map ({type(e).__name__})", "regenerate it or drop depth_file_path")
+        arr = load_depth(depth)  # the trainer's reader: float32, .npy metres or PNG units
+    except InputError as e:
+        check.errors.append(_problem(e))
         return
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if arr.ndim != 2:
         check.error(depth, f"depth must be a 2-D [H, W] number array, got {arr.dtype} {tuple(arr.shape)}",
                     "store one depth value per pixel (.npy float metres or a 16-bit PNG in millimetres)")
         return
@@ -253,7 +252,7 @@ def _check_depth(check: SceneCheck, depth: Path, w: int, h: int) -> None:
         check.error(depth, f"depth is {dw}x{dh} but the image is {w}x{h} (another aspect ratio)",
                     "store the depth at the image's size")
         return
-    bad_n = int((~np.isfinite(arr)).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
+    bad_n = int((~np.isfinite(arr)).sum())
     if bad_n:
         check.error(depth, f"{bad_n} NaN/inf depth values", "write 0 where depth is unknown (0 = no depth)")
         return
@@ -280,14 +279,15 @@ def _check_poses(check: SceneCheck, tpath: Path, poses: List[np.ndarray], needs:
 # ----------------------------------------------------------------------------------------------
 
 
-def _make_hint(scene: Path) -> str:
-    from unisem_ns.cues.layout import _make_hint as hint
-
-    return hint(scene)
-
-
 def _check_language(check: SceneCheck, scene: Path, needs: SceneNeeds) -> None:
-    from unisem_ns.cues.layout import CueError, language_dir, language_paths, read_encoder_json
+    from unisem_ns.cues.layout import (
+        CueError,
+        _make_hint,
+        language_dir,
+        language_paths,
+        load_language_cue,
+        read_encoder_json,
+    )
 
     folder = language_dir(scene)
     if not folder.is_dir():
@@ -296,9 +296,7 @@ def _check_language(check: SceneCheck, scene: Path, needs: SceneNeeds) -> None:
     try:
         enc = read_encoder_json(scene)
     except CueError as e:
-        path, _, rest = str(e).partition(": ")
-        what, _, fix = rest.partition("; ")
-        check.error(Path(path), what, fix)
+        check.errors.append(_problem(e))
         return
     dim = int(enc["dim"])
     want = needs.encoder
@@ -313,35 +311,17 @@ def _check_language(check: SceneCheck, scene: Path, needs: SceneNeeds) -> None:
     for fr in check.frames:
         stem = fr.image.stem
         s_path, f_path = language_paths(scene, stem)
-        missing = [p for p in (s_path, f_path) if not p.exists()]
-        if missing:
-            check.error(missing[0], f"not found (no language cue for image {stem!r})", _make_hint(scene))
-            continue
-        try:
-            seg = np.load(s_path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            check.error(s_path, f"unreadable cue file ({_short(e)})", "delete it and rerun unisem-preprocess")
-            continue
-        try:
-            feats = np.load(f_path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            check.error(f_path, f"unreadable cue file ({_short(e)})", "delete it and rerun unisem-preprocess")
-            continue
-        shape = seg.shape if seg.ndim == 3 else (1, *seg.shape)
-        if len(shape) != 3 or not np.issubdtype(seg.dtype, np.integer):
-            check.error(s_path, f"expected an integer [L, H, W] array, got {seg.dtype} {tuple(seg.shape)}",
-                        "delete it and rerun unisem-preprocess")
-            continue
-        if feats.ndim != 2 or not np.issubdtype(feats.dtype, np.floating):
-            check.error(f_path, f"expected a float [K, D] array, got {feats.dtype} {tuple(feats.shape)}",
-                        "delete it and rerun unisem-preprocess")
+        try:  # the trainer's reader (presence, readability, dtypes, shapes), on memory maps
+            seg, feats = load_language_cue(scene, stem, mmap=True)
+        except CueError as e:
+            check.errors.append(_problem(e))
             continue
         if feats.shape[1] != dim:
             check.error(f_path, f"features are {feats.shape[1]}-d but {folder / 'encoder.json'} says {dim}-d",
                         "recompute this view's cues with the scene's encoder (delete the file, rerun unisem-preprocess)")
             continue
-        if shape[1:] != (fr.height, fr.width):
-            check.error(s_path, f"mask map is {shape[2]}x{shape[1]} but the image is {fr.width}x{fr.height}",
+        if seg.shape[1:] != (fr.height, fr.width):
+            check.error(s_path, f"mask map is {seg.shape[2]}x{seg.shape[1]} but the image is {fr.width}x{fr.height}",
                         "recompute the cues at the image's size (rerun unisem-preprocess)")
             continue
         top = int(np.max(seg)) if seg.size else -1
@@ -355,14 +335,8 @@ def _encoder_name(info: Mapping) -> str:
     return f"{name} ({info.get('dim')}-d)"
 
 
-def _short(e: Exception) -> str:
-    return str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-
-
 def _check_object_masks(check: SceneCheck, scene: Path, needs: SceneNeeds) -> None:
-    from PIL import Image, UnidentifiedImageError
-
-    from unisem_ns.cues.layout import object_mask_dir, object_mask_path
+    from unisem_ns.cues.layout import CueError, load_object_mask, object_mask_dir, object_mask_path
 
     folder = object_mask_dir(scene)
     fix = (f"make them with `unisem-preprocess --data {scene} --mode simulate` (scenes with gt/) or `--mode sam-clip`, "
@@ -379,13 +353,10 @@ def _check_object_masks(check: SceneCheck, scene: Path, needs: SceneNeeds) -> No
             missing.append(stem)
             continue
         try:
-            with Image.open(path) as im:
-                arr = np.asarray(im)
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-            check.error(path, f"unreadable instance mask ({type(e).__name__})", "delete it and rerun unisem-preprocess")
+            arr = load_object_mask(scene, stem)
+        except CueError as e:
+            check.errors.append(_problem(e))
             continue
-        if arr.ndim == 3:
-            arr = arr[..., 0]
         fr = frames[stem]
         if arr.shape != (fr.height, fr.width):
             check.error(path, f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {fr.width}x{fr.height}",
