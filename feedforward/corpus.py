@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from unisem_ns.data.scene_io import InputError
+from unisem_ns.data.scene_io import InputError, exit_on_input_error
 from unisem_ns.utils.atomic import atomic_file, atomic_save_png, atomic_write_json
 
 __all__ = [
@@ -392,7 +392,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         out = make_corpus(cfg)
     except InputError as e:
-        raise SystemExit(f"unisem_ns: error: {e}") from None
+        raise exit_on_input_error(e) from None
     idx = read_index(out)
     print(f"unisem-make-corpus: {out} ({len(idx['train'])} train / {len(idx['val'])} val / "
           f"{len(idx['test'])} test scenes) in {time.time() - t0:.0f} s")

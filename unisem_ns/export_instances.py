@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import tyro
 
-from unisem_ns.data.scene_io import InputError
+from unisem_ns.data.scene_io import InputError, exit_on_input_error
 
 
 @dataclass
@@ -41,7 +41,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         path = run_export(args)
     except InputError as e:
-        raise SystemExit(f"unisem_ns: error: {e}") from None
+        raise exit_on_input_error(e) from None
     print(f"unisem-export-instances: wrote {path}")
 
 

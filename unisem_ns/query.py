@@ -22,7 +22,7 @@ import torch
 import tyro
 
 from unisem_ns.cues.layout import atomic_save_png, atomic_write_json
-from unisem_ns.data.scene_io import InputError, load_gt_queries
+from unisem_ns.data.scene_io import InputError, exit_on_input_error, load_gt_queries
 from unisem_ns.language.query_field import binary_mask, palette, turbo
 from unisem_ns.metrics.panoptic import PanopticAccumulator
 from unisem_ns.metrics.segmentation import ConfusionMatrix
@@ -183,7 +183,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         metrics = run_query(args)
     except InputError as e:
-        raise SystemExit("\n".join(f"unisem_ns: error: {line}" for line in str(e).splitlines())) from None
+        raise exit_on_input_error(e) from None
     print(f"unisem-query: wrote {metrics['views']} views to {args.output}")
     if "segmentation" in metrics:
         s = metrics["segmentation"]

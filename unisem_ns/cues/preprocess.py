@@ -34,7 +34,7 @@ from typing import Literal, Optional, Sequence
 import tyro
 
 from unisem_ns.cues.layout import CueError, CueRunReport
-from unisem_ns.data.scene_io import InputError
+from unisem_ns.data.scene_io import InputError, exit_on_input_error
 
 __all__ = ["PreprocessArgs", "encoder_spec", "load_encoder", "run", "main"]
 
@@ -135,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         report = run(args)
     except InputError as err:
-        raise SystemExit("\n".join(f"unisem-preprocess: error: {line}" for line in str(err).splitlines())) from None
+        raise exit_on_input_error(err, "unisem-preprocess") from None
     print(f"Cues for {report.summary()} ({time.perf_counter() - start:.1f} s)")
 
 

@@ -17,7 +17,12 @@ _INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 
 
 class InputError(ValueError):
-    """Bad user input (a scene folder, a file in it, a checkpoint). The message is one line."""
+    """Bad user input (a scene folder, a file in it, a checkpoint). The message is one line per problem."""
+
+
+def exit_on_input_error(err: InputError, prog: str = "unisem_ns") -> SystemExit:
+    """Bad input ends a command with its message, each line as ``<prog>: error: <line>``, not a traceback."""
+    return SystemExit("\n".join(f"{prog}: error: {line}" for line in str(err).splitlines()))
 
 
 @dataclass

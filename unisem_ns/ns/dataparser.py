@@ -15,13 +15,8 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, Nerfst
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from unisem_ns.data.scene_io import InputError
-from unisem_ns.data.validate import SceneCheck, SceneNeeds, check_scene
-
-
-def exit_on_input_error(err: InputError) -> "SystemExit":
-    """Bad input ends the command with its message (one line per problem) instead of a traceback."""
-    return SystemExit("\n".join(f"unisem_ns: error: {line}" for line in str(err).splitlines()))
+from unisem_ns.data.scene_io import exit_on_input_error
+from unisem_ns.data.validate import SceneInvalid, SceneNeeds, check_scene
 
 
 def scene_needs(config: "UnisemDataParserConfig") -> SceneNeeds:
@@ -32,7 +27,7 @@ def scene_needs(config: "UnisemDataParserConfig") -> SceneNeeds:
 _passed: set = set()
 
 
-def validate_scene_for(config: "UnisemDataParserConfig") -> SceneCheck:
+def validate_scene_for(config: "UnisemDataParserConfig") -> None:
     """The scene check for a run (:func:`~unisem_ns.data.validate.check_scene`): warnings are printed, errors end
     the command with every problem listed. A scene that passed is not checked again in the same process (the
     trainer checks before writing anything; the dataparser then runs once per split)."""
@@ -44,16 +39,13 @@ def validate_scene_for(config: "UnisemDataParserConfig") -> SceneCheck:
     needs = scene_needs(config)
     key = (str(Path(config.data).resolve()), needs)
     if key in _passed:
-        return SceneCheck(Path(config.data))
+        return
     check = check_scene(Path(config.data), needs)
     for w in check.warnings:
         CONSOLE.log(f"[yellow]unisem_ns: warning: {w}")
     if check.errors:
-        from unisem_ns.data.validate import SceneInvalid
-
         raise exit_on_input_error(SceneInvalid(check))
     _passed.add(key)
-    return check
 
 
 @dataclass
