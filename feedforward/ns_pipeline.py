@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from unisem_ns.data.scene_io import InputError
 from unisem_ns.ns.dataparser import exit_on_input_error
 from unisem_ns.ns.splat_model import get_viewmat
+from unisem_ns.utils.atomic import atomic_write_json
 
 from .config import EGDConfig, EvalConfig, FeedForwardConfig, LossConfig, MTCConfig, PredictorConfig
 from .corpus import SceneViews, load_scene, load_split, read_index
@@ -395,7 +396,6 @@ class FeedForwardPipeline(VanillaPipeline):
         results = evaluate_scenes(model.predictor, self.datamanager.eval_scenes(), model.config.evaluation,
                                   model.text_encoder, const, log=CONSOLE.log)
         if output_path is not None:
-            output_path.mkdir(parents=True, exist_ok=True)
-            (output_path / "feedforward_eval.json").write_text(json.dumps(results, indent=2))
+            atomic_write_json(output_path / "feedforward_eval.json", results)
         self.train()
         return flatten_results(results)

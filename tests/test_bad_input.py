@@ -474,12 +474,14 @@ def _damaged_run(run, tmp_path, how):
 
 
 @pytest.mark.parametrize("tool,how", [("ns-eval", "truncated"), ("ns-eval", "foreign"), ("ns-eval", "empty"),
-                                      ("unisem-query", "truncated"), ("unisem-export-instances", "empty")])
+                                      ("ns-viewer", "truncated"), ("unisem-query", "truncated"),
+                                      ("unisem-export-instances", "empty")])
 def test_bad_checkpoint_is_one_line(tool, how, one_step_run, tmp_path):
     config, line = _damaged_run(one_step_run, tmp_path, how)
     args = {"ns-eval": ["--output-path", str(tmp_path / "m.json")], "unisem-query": ["--output", str(tmp_path / "q")],
-            "unisem-export-instances": ["--output", str(tmp_path / "i.ply")]}[tool]
-    proc = run_cli([ns_bin(tool), "--load-config", str(config), *args])
+            "unisem-export-instances": ["--output", str(tmp_path / "i.ply")],
+            "ns-viewer": ["--viewer.websocket-host", "127.0.0.1"]}[tool]
+    proc = run_cli([ns_bin(tool), "--load-config", str(config), *args], timeout=120)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1] == f"unisem_ns: error: {line}"
@@ -517,6 +519,88 @@ def test_resume_after_a_kill_while_saving(one_step_run, tmp_path):
     saved = sorted((tmp_path / "out" / "x" / "unisem-splat" / "r" / "nerfstudio_models").glob("step-*.ckpt"))
     # a fresh 2-iteration run ends at step 1; one resumed from the complete checkpoint at step + 2
     assert saved and int(saved[-1].stem.split("-")[1]) == step + 2, saved
+
+
+# Run as `python -c KILL_AFTER_SAVE <ns-train arguments>`: ns-train that dies (SIGKILL's exit status, no clean-up)
+# right after writing the checkpoint of step $KILL_AFTER_STEP, as a run killed between two saves would.
+KILL_AFTER_SAVE = """
+import os, sys
+from unisem_ns.ns import trainer
+save = trainer.UnisemTrainer.save_checkpoint
+def save_then_die(self, step):
+    save(self, step)
+    if step == int(os.environ["KILL_AFTER_STEP"]):
+        os._exit(137)
+trainer.UnisemTrainer.save_checkpoint = save_then_die
+from nerfstudio.scripts.train import entrypoint
+sys.argv[0] = "ns-train"
+entrypoint()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,scene", [("unisem-splat", "tiny_scene"), ("unified-lift", "room_with_cues")])
+def test_training_killed_between_saves_resumes_to_the_same_parameters(method, scene, request, tmp_path):
+    """Killed after the save at step 4 of 8 and resumed from it, a run ends with exactly the parameters of a
+    run that was never stopped: the checkpoint carries the random streams, the queue of training views and the
+    model's training state (densification statistics, Unified-Lift's sample generators)."""
+    import subprocess
+    import sys
+
+    import unisem_ns.ns.checkpoints  # noqa: F401  (allow-list for weights_only loads)
+
+    data = request.getfixturevalue(scene)
+    out = tmp_path / "out"
+
+    def args(name, iters, *extra):
+        return [method, "--data", str(data), "--vis", "tensorboard", "--output-dir", str(out), "--experiment-name",
+                "x", "--timestamp", name, "--max-num-iterations", str(iters), "--steps-per-save", "4",
+                "--steps-per-eval-all-images", "0", *extra]
+
+    env = dict(__import__("os").environ, KILL_AFTER_STEP="4", OMP_NUM_THREADS="1")
+    # the uninterrupted and the killed run side by side (one thread each on the 2-core machine)
+    procs = [subprocess.Popen([ns_bin("ns-train"), *args("whole", 8)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True),
+             subprocess.Popen([sys.executable, "-c", KILL_AFTER_SAVE, *args("killed", 8)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert procs[0].returncode == 0, errs[0][-2000:]
+    assert procs[1].returncode == 137, errs[1][-2000:]
+    runs = out / "x" / method
+    killed = runs / "killed" / "nerfstudio_models"
+    assert [p.name for p in killed.glob("*.ckpt")] == ["step-000000004.ckpt"]
+    # Nerfstudio counts --max-num-iterations from the loaded step: steps 5, 6, 7 are left
+    proc = run_cli([ns_bin("ns-train"), *args("resumed", 3, "--load-dir", str(killed))])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    whole = torch.load(runs / "whole" / "nerfstudio_models" / "step-000000007.ckpt", map_location="cpu")
+    resumed = torch.load(runs / "resumed" / "nerfstudio_models" / "step-000000007.ckpt", map_location="cpu")
+    tensors = [k for k, v in whole["pipeline"].items() if torch.is_tensor(v) and v.numel()]
+    assert "_model.gauss_params.means" in tensors
+    differ = [k for k in tensors if not torch.equal(whole["pipeline"][k], resumed["pipeline"][k])]
+    assert not differ, differ
+    for name in ("means", "features_dc"):
+        assert torch.equal(whole["optimizers"][name]["state"][0]["exp_avg"], resumed["optimizers"][name]["state"][0]["exp_avg"])
+
+
+def test_training_state_round_trips_through_a_weights_only_load(tmp_path):
+    """What a checkpoint adds for a continuation is plain data: it loads with weights_only and puts the random
+    streams back where they were."""
+    import random
+
+    import numpy as np
+
+    from unisem_ns.ns.trainer import restore_training_state, training_state
+
+    class Pipeline:  # neither a full-image datamanager nor a splat model: only the random streams
+        datamanager = model = None
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    torch.save({"training_state": training_state(Pipeline())}, tmp_path / "s.ckpt")
+    expected = (torch.rand(4), np.random.rand(4), random.random())
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    restore_training_state(Pipeline(), torch.load(tmp_path / "s.ckpt", weights_only=True)["training_state"])
+    again = (torch.rand(4), np.random.rand(4), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
 
 
 def yaml_config(run):

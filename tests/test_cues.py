@@ -416,6 +416,32 @@ def test_interrupted_run_completes_and_matches_uninterrupted(base_scene, tmp_pat
     assert not list((s2 / "language_features").glob(".*.tmp"))
 
 
+def test_two_runs_on_one_scene_take_turns(base_scene, tmp_path, enc):
+    """Two cue jobs started together on one scene: the second waits for the first's lock, then finds every view
+    done; the files are those of a single run (without the lock each would sweep the other's temporaries)."""
+    import threading
+
+    ref = tmp_path / "ref"
+    shutil.copytree(base_scene, ref)
+    run_simulation(ref, enc, CueCorruption.preset("default"), seed=5, progress=False, log=lambda m: None)
+    scene = tmp_path / "shared"
+    shutil.copytree(base_scene, scene)
+    reports, logs = [], []
+
+    def run():
+        reports.append(run_simulation(scene, enc, CueCorruption.preset("default"), seed=5, progress=False,
+                                      log=logs.append))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.status for r in reports) == ["fresh", "up to date"], logs
+    assert sorted(len(r.computed) for r in reports) == [0, len(_stems(scene))]
+    assert _tree_bytes(scene) == _tree_bytes(ref) and read_manifest(scene)["complete"]
+
+
 def test_cli_help_and_errors(scene, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         preprocess.main(["--help"])

@@ -507,3 +507,75 @@ def test_prepare_econsg_without_ae_and_without_depth(cue_scene, minilm, tmp_path
     assert np.allclose(cache.text_latents(), text, atol=1e-6)
     assert not (cache.out / "autoencoder.pt").exists()
     assert cache.load_points()["latent"].shape[1] == 384
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: a killed preparation, two preparations of one cache at once
+# ---------------------------------------------------------------------------------------------
+
+
+def test_autoencoder_training_leaves_the_callers_random_state_alone():
+    """ns-train seeds the global generators before the datamanager prepares the cache: a fresh preparation and a
+    reused one must leave the same random state for training to start from."""
+    x, y, text = _clusters()
+    before = torch.get_rng_state()
+    train_autoencoder(x, y, text, AEConfig(epochs=2, samples_per_class=16, batch_size=32, seed=0), progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def _cache_bytes(out: Path) -> dict:
+    """Every output of a preparation but the manifest (whose summary holds timings)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name not in ("manifest.json", ".unisem.lock")}
+
+
+def test_prepare_econsg_killed_midway_recomputes_to_the_same_outputs(cue_scene, minilm, tmp_path, monkeypatch):
+    from unisem_ns.econsg import prepare
+    from unisem_ns.econsg.prepare import prepare_econsg
+
+    out = tmp_path / "cache"
+    quiet = dict(progress=False, text_encoder=minilm, log=lambda m: None)
+    prepare_econsg(cue_scene, out, cfg=_small_cfg(), **quiet)
+    ref = _cache_bytes(out)
+    # another setting into the same folder, killed after three of its per-view arrays were written
+    real, saves = prepare.atomic_save_npy, {"n": 0}
+
+    def dies_on_the_fourth(path, arr):
+        saves["n"] += 1
+        if saves["n"] == 4:
+            raise KeyboardInterrupt
+        real(path, arr)
+
+    monkeypatch.setattr(prepare, "atomic_save_npy", dies_on_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_econsg(cue_scene, out, cfg=_small_cfg(use_crr=False), **quiet)
+    monkeypatch.setattr(prepare, "atomic_save_npy", real)
+    # the old manifest went before the first file was overwritten: the mixed folder is not taken as up to date
+    assert not (out / "manifest.json").exists()
+    assert _cache_bytes(out) != ref and not list(out.rglob(".*.tmp"))
+    again = prepare_econsg(cue_scene, out, cfg=_small_cfg(), **quiet)
+    assert not again.reused and _cache_bytes(out) == ref
+
+
+def test_two_preparations_of_one_cache_take_turns(cue_scene, minilm, tmp_path):
+    import threading
+
+    from unisem_ns.econsg.prepare import prepare_econsg
+
+    ref = tmp_path / "ref"
+    prepare_econsg(cue_scene, ref, cfg=_small_cfg(), progress=False, text_encoder=minilm, log=lambda m: None)
+    out, results, logs = tmp_path / "shared", [], []
+
+    def run():
+        results.append(prepare_econsg(cue_scene, out, cfg=_small_cfg(), progress=False, text_encoder=minilm,
+                                      log=logs.append))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # one computed, the other waited for the lock and found its outputs up to date
+    assert sorted(r.reused for r in results) == [False, True], logs
+    assert _cache_bytes(out) == _cache_bytes(ref)
+    assert json.loads((out / "manifest.json").read_text())["complete"]

@@ -55,6 +55,35 @@ def test_query_couch_highlights_the_sofas(distill_run, cue_scene, tmp_path):
     assert ids.min() >= 1 and ids.max() < 18
 
 
+def test_query_killed_while_writing_then_rerun_writes_what_one_run_writes(distill_run, tmp_path, monkeypatch):
+    """unisem-query writes every file through a temporary: killed after some images, it leaves no torn file and
+    no metrics.json; the rerun writes exactly what an uninterrupted run writes."""
+    from unisem_ns import query
+
+    def run(out):
+        query.main(["--load-config", str(distill_run / "config.yml"), "--output", str(out), "--queries", "couch"])
+
+    def tree(out):
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    run(tmp_path / "ref")
+    real, n = query.atomic_save_png, {"saves": 0}
+
+    def dies_on_the_seventh(path, arr):
+        n["saves"] += 1
+        if n["saves"] == 7:
+            raise KeyboardInterrupt
+        real(path, arr)
+
+    monkeypatch.setattr(query, "atomic_save_png", dies_on_the_seventh)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut")
+    monkeypatch.setattr(query, "atomic_save_png", real)
+    assert not (tmp_path / "cut" / "metrics.json").exists() and not list((tmp_path / "cut").rglob(".*.tmp"))
+    run(tmp_path / "cut")
+    assert tree(tmp_path / "cut") == tree(tmp_path / "ref")
+
+
 def test_viewer_text_box_drives_the_query_outputs(distill_run):
     from nerfstudio.utils.eval_utils import eval_setup
 

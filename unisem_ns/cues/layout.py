@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
@@ -38,6 +39,7 @@ from unisem_ns.utils.atomic import (  # noqa: F401  (re-exported: the cue writer
     atomic_save_png,
     atomic_write_bytes,
     atomic_write_json,
+    folder_lock,
     remove_stale_temps,
 )
 
@@ -415,14 +417,16 @@ class CueCache:
     the manifest's ``done`` list, and its three files (``_s.npy``, ``_f.npy``, ``object_mask/<stem>.png``)
     exist. Any other existing files (another tool's, other settings') are overwritten. The manifest is
     rewritten atomically after every view, so an interrupt at any point leaves a state a rerun completes.
+    Inside ``with`` the scene's cue folder is locked (:func:`folder_lock`): a second run on the same scene waits,
+    then finds the views the first one wrote.
 
     Usage::
 
-        cache = CueCache(scene, stems, settings, encoder_info)
-        for stem in track(cache.begin(), ...):
-            ... write the view's files ...
-            cache.mark_done(stem)
-        report = cache.finish()
+        with CueCache(scene, stems, settings, encoder_info) as cache:
+            for stem in track(cache.begin(), ...):
+                ... write the view's files ...
+                cache.mark_done(stem)
+            report = cache.finish()
     """
 
     def __init__(
@@ -441,6 +445,17 @@ class CueCache:
         self.key = settings_key(self.settings, self.stems)
         self.done: List[str] = []
         self.report = CueRunReport(self.scene, language_dir(self.scene), object_mask_dir(self.scene), sorted(self.stems))
+        self._lock: Optional[ExitStack] = None
+
+    def __enter__(self) -> "CueCache":
+        self._lock = ExitStack()
+        self._lock.enter_context(folder_lock(language_dir(self.scene), self.log))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def view_files(self, stem: str) -> Tuple[Path, Path, Path]:
         s, f = language_paths(self.scene, stem)
@@ -462,6 +477,8 @@ class CueCache:
 
     def begin(self) -> List[str]:
         """Decide what to (re)compute, say why, write encoder.json + manifest; returns stems to compute."""
+        if self._lock is None:
+            raise RuntimeError("CueCache.begin() outside `with CueCache(...) as cache:` (the cue folder is not locked)")
         ld, od = language_dir(self.scene), object_mask_dir(self.scene)
         ld.mkdir(parents=True, exist_ok=True)
         od.mkdir(parents=True, exist_ok=True)

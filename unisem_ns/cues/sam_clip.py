@@ -539,14 +539,14 @@ def run_sam_clip(
     settings = sam_clip_settings(encoder, config, generator_name or ("injected" if mask_generator else "segment_anything"))
     if mask_generator is None:
         check_sam_checkpoint(config.sam_checkpoint, config.sam_model)  # fail before touching any file
-    cache = CueCache(scene, stems, settings, encoder.to_json(), log=log)
-    todo = cache.begin()
-    if todo and mask_generator is None:  # load SAM only when there is something to do
-        sam = load_sam(config.sam_checkpoint, config.sam_model, config.resolved_device())
-        mask_generator = make_mask_generator(sam, **config.generator)
-    for stem in track(todo, f"SAM + CLIP cues ({len(todo)} views)", enabled=progress):
-        seg, feats, obj = sam_clip_view(_load_rgb(images[stem]), mask_generator, encoder, config)
-        save_object_mask(scene, stem, obj)
-        save_language_cue(scene, stem, seg, feats)
-        cache.mark_done(stem)
-    return cache.finish()
+    with CueCache(scene, stems, settings, encoder.to_json(), log=log) as cache:
+        todo = cache.begin()
+        if todo and mask_generator is None:  # load SAM only when there is something to do
+            sam = load_sam(config.sam_checkpoint, config.sam_model, config.resolved_device())
+            mask_generator = make_mask_generator(sam, **config.generator)
+        for stem in track(todo, f"SAM + CLIP cues ({len(todo)} views)", enabled=progress):
+            seg, feats, obj = sam_clip_view(_load_rgb(images[stem]), mask_generator, encoder, config)
+            save_object_mask(scene, stem, obj)
+            save_language_cue(scene, stem, seg, feats)
+            cache.mark_done(stem)
+        return cache.finish()

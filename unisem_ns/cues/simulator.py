@@ -492,12 +492,12 @@ def run_simulation(
     text = encode_texts(encoder, labels.class_names)
     void = 0 if labels.class_names and labels.class_names[0] == "void" else None
     similar = similar_classes(text, void=void)
-    cache = CueCache(scene, stems, simulation_settings(encoder, corruption, seed), encoder.to_json(), log=log)
-    todo = cache.begin()
-    for stem in track(todo, f"Simulating cues ({len(todo)} views)", enabled=progress):
-        _simulate_one(scene, stem, labels, text, similar, corruption, seed)
-        cache.mark_done(stem)
-    return cache.finish()
+    with CueCache(scene, stems, simulation_settings(encoder, corruption, seed), encoder.to_json(), log=log) as cache:
+        todo = cache.begin()
+        for stem in track(todo, f"Simulating cues ({len(todo)} views)", enabled=progress):
+            _simulate_one(scene, stem, labels, text, similar, corruption, seed)
+            cache.mark_done(stem)
+        return cache.finish()
 
 
 def simulate_cues(

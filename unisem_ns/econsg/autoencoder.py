@@ -273,8 +273,11 @@ def train_autoencoder(
     threads = torch.get_num_threads()
     if cfg.cpu_threads and torch.device(cfg.device).type == "cpu":
         torch.set_num_threads(int(cfg.cpu_threads))
+    dev = torch.device(cfg.device)
+    # seeded on a forked stream: the caller's (ns-train's) random state is the same whether or not this ran
     try:
-        return _train(features, labels, text, cfg, progress)
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            return _train(features, labels, text, cfg, progress)
     finally:
         torch.set_num_threads(threads)
 

@@ -28,7 +28,8 @@ labels onto the points (OpenScene visibility); (4) autoencoder on the fused poin
 (majority) CRR labels; (5) per-view latents.
 
 Re-running with the same settings and unchanged inputs is a no-op (``manifest.json`` key); anything else
-recomputes. Every file is written atomically and ``manifest.json`` last, so an interrupted run recomputes.
+recomputes. Every file is written atomically and ``manifest.json`` last (the old one is removed first), so an
+interrupted run recomputes; two runs on the same folder take turns (:func:`~unisem_ns.utils.atomic.folder_lock`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -72,7 +74,14 @@ from unisem_ns.geometry.backproject import (
     fuse_point_features,
     opengl_to_opencv_c2w,
 )
-from unisem_ns.utils.atomic import atomic_file, atomic_save_npy, atomic_save_png, atomic_write_json, remove_stale_temps
+from unisem_ns.utils.atomic import (
+    atomic_file,
+    atomic_save_npy,
+    atomic_save_png,
+    atomic_write_json,
+    folder_lock,
+    remove_stale_temps,
+)
 
 __all__ = ["EconSGPrepConfig", "EconSGCache", "prepare_econsg", "PREP_VERSION", "default_out"]
 
@@ -553,13 +562,14 @@ def prepare_econsg(
     if cfg.cpu_threads:
         torch.set_num_threads(int(cfg.cpu_threads))
     try:
-        return _prepare(Path(scene), out, cfg, depth_provider, progress, text_encoder, force, log)
+        with ExitStack() as hold:  # the cache folder's lock, taken once the folder is known
+            return _prepare(Path(scene), out, cfg, depth_provider, progress, text_encoder, force, log, hold)
     finally:
         torch.set_num_threads(threads)
 
 
 def _prepare(scene: Path, out, cfg: EconSGPrepConfig, depth_provider, progress: bool, text_encoder, force: bool,
-             log: Callable[[str], None]) -> EconSGCache:
+             log: Callable[[str], None], hold: ExitStack) -> EconSGCache:
     from unisem_ns.cues.layout import track
     from unisem_ns.language.encoders import make_text_encoder
 
@@ -599,6 +609,8 @@ def _prepare(scene: Path, out, cfg: EconSGPrepConfig, depth_provider, progress: 
     latent_dim = cfg.ae.latent_dim if cfg.use_ae else D
 
     cache = EconSGCache(out, scene, key, list(stems), list(names), latent_dim, cfg.use_ae, {})
+    # a second run on the same cache waits here for the first, then finds its outputs up to date
+    hold.enter_context(folder_lock(out, log))
     manifest_path = out / "manifest.json"
     if not force and manifest_path.exists():
         try:
@@ -612,6 +624,8 @@ def _prepare(scene: Path, out, cfg: EconSGPrepConfig, depth_provider, progress: 
             return cache
         log(f"{out}: settings or inputs changed; recomputing econSG preprocessing for {len(stems)} views")
     out.mkdir(parents=True, exist_ok=True)
+    # the outputs are rewritten one by one: no manifest may vouch for them until the new one is written last
+    manifest_path.unlink(missing_ok=True)
     for sub in ("", "labels", "raw_labels", "weights", "latents"):
         remove_stale_temps(out / sub)
     data = _Scene(scene, views, source, cfg, depth_provider, float(meta.get("depth_unit_scale_factor", 1e-3)))

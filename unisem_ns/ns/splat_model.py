@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple, Type, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type, Union
 
 import torch
 from gsplat.strategy import DefaultStrategy
@@ -131,6 +131,18 @@ class UnisemSplatModel(SplatfactoModel):
     @property
     def features_sem(self) -> Optional[torch.Tensor]:
         return self.gauss_params["features_sem"] if "features_sem" in self.gauss_params else None
+
+    # ----------------------------------------------------------------------------------- training state
+
+    def training_state(self) -> Dict[str, Any]:
+        """State that changes during training but is neither a parameter nor a buffer, for a checkpoint to carry
+        (:class:`~unisem_ns.ns.trainer.UnisemTrainer`): the densification statistics gathered since the last
+        refinement. A method with its own random streams or running state adds them here."""
+        return {"strategy": {k: v.clone() if torch.is_tensor(v) else v for k, v in self.strategy_state.items()}}
+
+    def load_training_state(self, state: Dict[str, Any]) -> None:
+        """Inverse of :meth:`training_state`, after the parameters were loaded."""
+        self.strategy_state.update(state["strategy"])
 
     def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
         # Every gauss_params key must be an optimizer group: gsplat's strategy updates each by name.

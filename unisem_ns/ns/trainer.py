@@ -5,7 +5,10 @@ checkpoint is never left half-written.
   first runs the scene check (:mod:`unisem_ns.data.validate`) for what the method reads; a failing scene ends the
   command with every problem listed and no output folder.
 - :meth:`UnisemTrainer.save_checkpoint` writes to a temporary file and renames it, so a run killed while saving
-  keeps its previous checkpoint and resumes from it.
+  keeps its previous checkpoint and resumes from it. The checkpoint also holds what Nerfstudio's does not and a
+  continuation needs (:func:`training_state`): the random generators, the order of the training views still to
+  come and the model's training state, so a run resumed from step ``k`` takes the same steps after ``k`` as a run
+  that was never stopped.
 - ``ns-eval``, ``ns-viewer``, ``unisem-query`` and ``unisem-export-instances`` ask the config for its checkpoint
   folder right before loading the newest file in it; :meth:`UnisemTrainerConfig.get_checkpoint_dir` checks that
   file first (:func:`check_checkpoint_dir`), so a missing, empty, truncated or foreign checkpoint is one line.
@@ -14,20 +17,25 @@ checkpoint is never left half-written.
 from __future__ import annotations
 
 import inspect
+import random
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Type
+from typing import Any, Dict, Type
 
+import numpy as np
 import torch
+from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 
 from unisem_ns.data.scene_io import InputError
 from unisem_ns.ns.data import UnisemDatamanagerConfig
 from unisem_ns.ns.dataparser import UnisemDataParserConfig, exit_on_input_error
+from unisem_ns.ns.splat_model import UnisemSplatModel
 from unisem_ns.utils.atomic import atomic_file, remove_stale_temps
 
-__all__ = ["UnisemTrainerConfig", "UnisemTrainer", "check_checkpoint_dir", "latest_checkpoint"]
+__all__ = ["UnisemTrainerConfig", "UnisemTrainer", "check_checkpoint_dir", "latest_checkpoint", "training_state",
+           "restore_training_state"]
 
 
 def latest_checkpoint(folder: Path) -> Path:
@@ -95,8 +103,53 @@ def _called_from_eval_setup() -> bool:
         del frame
 
 
+def training_state(pipeline) -> Dict[str, Any]:
+    """What a continuation needs beyond the parameters, optimizers and schedulers Nerfstudio saves.
+
+    The global generators (``random``, NumPy, torch: view picks, random backgrounds, sampled pixel pairs), the
+    datamanager's queue of training views and its shuffling generator, and a splat model's
+    :meth:`~unisem_ns.ns.splat_model.UnisemSplatModel.training_state` (densification statistics, a method's own
+    generators). Only tensors, numbers and tuples, so the checkpoint still loads with ``weights_only``.
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: Dict[str, Any] = {
+        "python_rng": random.getstate(),
+        "numpy_rng": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch_rng": torch.get_rng_state(),
+    }
+    dm = pipeline.datamanager
+    if isinstance(dm, FullImageDatamanager):
+        state["train_unseen_cameras"] = list(dm.train_unseen_cameras)
+        state["eval_unseen_cameras"] = list(dm.eval_unseen_cameras)
+        if hasattr(dm, "random_generator"):  # Nerfstudio creates it on the first shuffle of the views
+            state["camera_rng"] = dm.random_generator.getstate()
+    if isinstance(pipeline.model, UnisemSplatModel):
+        state["model"] = pipeline.model.training_state()
+    return state
+
+
+def restore_training_state(pipeline, state: Dict[str, Any]) -> None:
+    """Put back what :func:`training_state` saved (a checkpoint written before it existed has none: no-op)."""
+    if not state:
+        return
+    random.setstate(state["python_rng"])
+    name, keys, pos, has_gauss, cached = state["numpy_rng"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch_rng"])
+    dm = pipeline.datamanager
+    if isinstance(dm, FullImageDatamanager) and "train_unseen_cameras" in state:
+        dm.train_unseen_cameras = list(state["train_unseen_cameras"])
+        dm.eval_unseen_cameras = list(state["eval_unseen_cameras"])
+        if "camera_rng" in state:
+            dm.random_generator = random.Random()
+            dm.random_generator.setstate(state["camera_rng"])
+    if isinstance(pipeline.model, UnisemSplatModel) and "model" in state:
+        pipeline.model.load_training_state(state["model"])
+
+
 class UnisemTrainer(Trainer):
-    """Nerfstudio's Trainer whose checkpoints are written atomically and checked before a resume."""
+    """Nerfstudio's Trainer whose checkpoints are written atomically, checked before a resume, and carry the
+    training state a continuation needs (:func:`training_state`)."""
 
     def _load_checkpoint(self) -> None:
         load_dir = self.config.load_dir
@@ -106,6 +159,19 @@ class UnisemTrainer(Trainer):
             if self.config.load_step is None:
                 check_checkpoint_dir(load_dir)
         super()._load_checkpoint()
+        path = self._loaded_checkpoint_path()
+        if path is not None:
+            pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline
+            restore_training_state(pipeline, torch.load(path, map_location="cpu").get("training_state"))
+
+    def _loaded_checkpoint_path(self):
+        """The file Nerfstudio's loader just read (same rule as its own), or None for a fresh run."""
+        if self.config.load_dir is not None:
+            step = self.config.load_step
+            if step is None:
+                step = int(latest_checkpoint(self.config.load_dir).stem.split("-")[1])
+            return Path(self.config.load_dir) / f"step-{step:09d}.ckpt"
+        return self.config.load_checkpoint
 
     def save_checkpoint(self, step: int) -> None:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +184,7 @@ class UnisemTrainer(Trainer):
             "optimizers": {k: v.state_dict() for (k, v) in self.optimizers.optimizers.items()},
             "schedulers": {k: v.state_dict() for (k, v) in self.optimizers.schedulers.items()},
             "scalers": self.grad_scaler.state_dict(),
+            "training_state": training_state(pipeline),
         }
         with atomic_file(ckpt_path) as f:
             torch.save(state, f)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -216,6 +216,16 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
 
         self.viewer_control = ViewerControl()
         self.select_button = ViewerButton("Click to select an object", cb_hook=self._arm_click)
+
+    def training_state(self) -> Dict[str, Any]:
+        # the pixel-pair and kNN sample streams continue where they were (the mask memory is empty by default)
+        return {**super().training_state(), "generator": self._generator.get_state(),
+                "knn_generator": self._knn_generator.get_state()}
+
+    def load_training_state(self, state: Dict[str, Any]) -> None:
+        super().load_training_state(state)
+        self._generator.set_state(state["generator"])
+        self._knn_generator.set_state(state["knn_generator"])
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         groups = super().get_param_groups()

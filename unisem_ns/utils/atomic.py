@@ -1,22 +1,47 @@
 """Atomic file writes: a temporary file in the target's folder, fsync, then ``os.replace``.
 
 An interrupted writer leaves either the old file or the new one, never half of one; its temporary
-(``.<name>.<random>.tmp``) can be swept with :func:`remove_stale_temps`.
+(``.<name>.<random>.tmp``) can be swept with :func:`remove_stale_temps`. Two processes that fill the same
+cache folder take turns through :func:`folder_lock`, so one never sweeps the other's temporaries.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
 TMP_SUFFIX = ".tmp"
+LOCK_NAME = ".unisem.lock"
+
+
+@contextmanager
+def folder_lock(folder: Path, log: Optional[Callable[[str], None]] = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``flock`` on ``folder/.unisem.lock``) for the ``with`` block.
+
+    A second process asking for the same folder waits until the first is done (saying so once through
+    ``log``); the lock goes with the process, so a killed holder never leaves the folder locked.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log is not None:
+                log(f"{folder}: another run is writing here; waiting for it to finish")
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 @contextmanager
