@@ -1,6 +1,7 @@
 """Every constant of the UniSem feed-forward predictor, in small dataclasses (tyro builds the CLI from them).
 
-[R] marks a reconstruction (UniSem has no code; ALGORITHMS.md §3.3); [C] a value from Uni3R/LSM/DUSt3R code.
+[R] marks a reconstruction (UniSem has no code; docs/methods/unisem_feedforward.md, "Paper, Uni3R code and this
+implementation"); [C] a value from Uni3R/LSM/DUSt3R code.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class LossConfig:
 
 @dataclass
 class EGDConfig:
-    """Error-aware Gaussian dropout (ALGORITHMS.md §3.3a; every constant [R])."""
+    """Error-aware Gaussian dropout (docs/methods/unisem_feedforward.md, step 6; every constant [R])."""
 
     enabled: bool = False
     """Turn EGD on."""
@@ -137,7 +138,7 @@ class EGDConfig:
 
 @dataclass
 class MTCConfig:
-    """Mix-training curriculum (ALGORITHMS.md §3.3b; every constant [R])."""
+    """Mix-training curriculum (docs/methods/unisem_feedforward.md, step 9; every constant [R])."""
 
     enabled: bool = False
     """Turn MTC on."""

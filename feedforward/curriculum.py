@@ -1,4 +1,5 @@
-"""Mix-training curriculum (MTC), UniSem §3.3b — a reconstruction [R]; constants in :class:`MTCConfig`.
+"""Mix-training curriculum (MTC), UniSem (docs/methods/unisem_feedforward.md, step 9) — a reconstruction [R];
+constants in :class:`MTCConfig`.
 
 Stage A (t < T1): 2D cue distillation only. Stage B: add ``alpha(t) * L_proto``, alpha ramping 0 -> alpha_max.
 

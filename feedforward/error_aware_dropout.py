@@ -1,4 +1,5 @@
-"""Error-aware Gaussian dropout (EGD), UniSem §3.3a — a reconstruction [R]; constants in :class:`EGDConfig`.
+"""Error-aware Gaussian dropout (EGD), UniSem (docs/methods/unisem_feedforward.md, step 6) — a reconstruction [R];
+constants in :class:`EGDConfig`.
 
 Gaussians are pixel-aligned, so Gaussian i <-> (context view v, pixel u). Per iteration:
 

@@ -10,16 +10,16 @@ import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import CosineDecaySchedulerConfig
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 import unisem_ns.ns.checkpoints  # noqa: F401  (safe globals for torch.load(weights_only=True))
 from feedforward.ns_pipeline import FeedForwardDataManagerConfig, FeedForwardModelConfig, FeedForwardPipelineConfig
+from unisem_ns.ns.trainer import UnisemTrainerConfig
 
 STEPS = 1500
 
 unisem_feedforward = MethodSpecification(
-    config=TrainerConfig(
+    config=UnisemTrainerConfig(
         method_name="unisem-feedforward",
         steps_per_eval_image=0,
         steps_per_eval_batch=0,

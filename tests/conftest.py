@@ -13,6 +13,23 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # one worker per core (pytest -n): one thread each, for the worker and the ns-* commands it starts;
+    # oversubscribed torch runs several times slower
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
+# Test files that share an expensive session fixture run in one worker (pytest-xdist's loadgroup), so it is
+# built once; every other file is its own group, which keeps module fixtures to one worker as well.
+SHARED_FIXTURE_GROUPS = {"test_ns_splat.py": "trained-runs", "test_viewer.py": "trained-runs",
+                         "test_semantic.py": "trained-runs"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group(SHARED_FIXTURE_GROUPS.get(name, name)))
 
 
 @pytest.fixture(scope="session", autouse=True)

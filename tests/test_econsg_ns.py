@@ -12,6 +12,7 @@ import pytest
 from conftest import ns_bin, ns_train, run_cli
 
 pytest.importorskip("nerfstudio")
+pytestmark = pytest.mark.slow  # end to end through the ns-* commands
 from test_viewer import check_viewer_shows_the_scene, needs_chromium  # noqa: E402
 
 ITERS = 400

@@ -11,6 +11,7 @@ import torch
 from conftest import evaluate, ns_bin, run_cli
 
 pytest.importorskip("nerfstudio")
+pytestmark = pytest.mark.slow  # end to end through the ns-* commands
 
 
 def test_training_beats_the_untrained_model_on_held_out_views(runs):
@@ -115,3 +116,26 @@ def test_ns_train_lists_the_method():
     assert proc.returncode == 0
     for flag in ("--pipeline.model.feature-dim", "--pipeline.model.render-backend", "--pipeline.model.lpips"):
         assert flag in proc.stdout, flag
+
+
+def test_external_method_placeholders_are_registered_without_walking_the_stack(monkeypatch):
+    """Our start-up patch: Nerfstudio's 26 install placeholders are built without inspect.stack() (seconds per
+    ns-* start), and picking one still prints how to install it."""
+    import inspect
+
+    import unisem_ns.ns  # noqa: F401  (installs the patch)
+    from nerfstudio.configs import external_methods
+
+    def no_stack(*a, **k):
+        raise AssertionError("inspect.stack() called")
+
+    monkeypatch.setattr(inspect, "stack", no_stack)
+    configs, _ = external_methods.get_external_methods()
+    assert "lerf" in configs
+    monkeypatch.undo()  # a user picking a placeholder goes through Nerfstudio's own check
+    printed = []
+    monkeypatch.setattr(external_methods.CONSOLE, "print", lambda *a, **k: printed.append(str(a[0])))
+    monkeypatch.setattr(external_methods.Confirm, "ask", lambda *a, **k: False)
+    with pytest.raises(SystemExit):
+        external_methods.ExternalMethodDummyTrainerConfig(method_name="lerf", method=configs["lerf"].method)
+    assert any("pip install" in p for p in printed), printed

@@ -12,6 +12,7 @@ from PIL import Image
 from conftest import copy_scene, ns_bin, ns_train, run_cli
 
 pytest.importorskip("nerfstudio")
+pytestmark = pytest.mark.slow  # end to end through the ns-* commands
 
 
 @pytest.fixture(scope="session")

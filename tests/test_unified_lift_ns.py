@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import make_cue_scene, copy_scene, ns_bin, ns_train, run_cli
 
 pytest.importorskip("nerfstudio")
+pytestmark = pytest.mark.slow  # end to end through the ns-* commands
 from test_viewer import check_viewer_shows_the_scene, needs_chromium  # noqa: E402
 
 

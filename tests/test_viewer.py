@@ -16,6 +16,7 @@ import pytest
 from conftest import ns_bin
 
 pytest.importorskip("nerfstudio")
+pytestmark = pytest.mark.slow  # end to end through the ns-* commands
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""econSG's latent autoencoder (ALGORITHMS.md 1.2 step 6): compresses D-dim language features (CLIP / MiniLM
+"""econSG's latent autoencoder (docs/methods/econsg.md, step 9): compresses D-dim language features (CLIP / MiniLM
 space) to a d-dim unit latent (d = 6) that the Gaussians carry, with a decoder back to the text space.
 
 * :class:`LatentAutoencoder`: encoder g = Linear(D, 256), then [BatchNorm1d, ReLU, Linear] to 128, 64, 32, d,

@@ -1,4 +1,4 @@
-"""econSG's Confidence-guided Region Regularisation (CRR, ALGORITHMS.md 1.2 steps 4-5).
+"""econSG's Confidence-guided Region Regularisation (CRR, docs/methods/econsg.md, steps 3-7).
 
 Turns noisy per-pixel 2D language features plus SAM masks into a cleaner closed-set label map, per-pixel
 loss weights, and SAM-regularised features:
@@ -71,7 +71,7 @@ _EPS = 1e-8
 
 @dataclass
 class CRRConfig:
-    """CRR settings. Values the paper does not give are reconstructions ([R] in ALGORITHMS.md)."""
+    """CRR settings. Values the paper does not give are reconstructions ([R] in docs/methods/econsg.md)."""
 
     tau1: float = 0.5
     """High-confidence threshold. [R] The released code keeps pixels with conf >= 0.5 * max conf of the
@@ -538,7 +538,7 @@ def regularize_features(
     normalize: bool = True,
     assign: str = "mask",
 ) -> Tensor:
-    """Feature-level CRR (ALGORITHMS.md 1.2 step 5): per image, class centres mu_c = mean feature of the
+    """Feature-level CRR (docs/methods/econsg.md, step 7): per image, class centres mu_c = mean feature of the
     pixels labelled c; every SAM mask's features are overwritten with mu of the mask's majority class.
 
     Args:

@@ -1,4 +1,4 @@
-"""econSG's per-scene preprocessing (ALGORITHMS.md 1.2 steps 4-6), importable without nerfstudio.
+"""econSG's per-scene preprocessing (docs/methods/econsg.md, steps 1-10), importable without nerfstudio.
 
 :func:`prepare_econsg` turns a scene's 2D cues into everything the econSG semantic field trains on::
 
@@ -94,7 +94,7 @@ DepthProvider = Callable[[str], np.ndarray]
 
 @dataclass
 class EconSGPrepConfig:
-    """Settings of :func:`prepare_econsg`. [R] marks reconstructions (ALGORITHMS.md)."""
+    """Settings of :func:`prepare_econsg`. [R] marks reconstructions (docs/methods/econsg.md, "Main settings")."""
 
     crr: CRRConfig = field(default_factory=CRRConfig)
     ae: AEConfig = field(default_factory=AEConfig)

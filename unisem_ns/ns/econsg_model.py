@@ -1,4 +1,4 @@
-"""``ns-train econsg``: econSG in Nerfstudio (ALGORITHMS.md §1).
+"""``ns-train econsg``: econSG in Nerfstudio (docs/methods/econsg.md).
 
 The offline part (CRR on the 2D cues, back-projection fusion into a 3D contextual space, the latent autoencoder)
 lives in :mod:`unisem_ns.econsg` and runs once per scene and setting, cached, when the datamanager starts. This
@@ -178,8 +178,9 @@ class EconSGModel(SemanticEvalMixin, UnisemSplatModel):
             self.autoencoder.eval().requires_grad_(False)
         self.setup_semantics(metadata)
         if self.autoencoder is not None:
-            # Closed set: text -> encoder -> AE encoder -> argmax in the latent (econSG §1.6). Free-text queries:
-            # the rendered latent decoded by the AE (the latent only separates the training vocabulary). [R]
+            # Closed set: text -> encoder -> AE encoder -> argmax in the latent (docs/methods/econsg.md, step 14).
+            # Free-text queries: the rendered latent decoded by the AE (the latent only separates the training
+            # vocabulary). [R]
             self.query_field.set_text_to_latent(lambda emb: self.autoencoder.encode(emb.float()))
             if self.config.query_space == "decoded":
                 self.query_field.set_decoder(lambda z: self.autoencoder.decode(z.float()))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.utils.decorators import check_main_thread
 
 from unisem_ns.data.scene_io import InputError
 from unisem_ns.ns.data import UnisemDatamanagerConfig
@@ -173,6 +174,7 @@ class UnisemTrainer(Trainer):
             return Path(self.config.load_dir) / f"step-{step:09d}.ckpt"
         return self.config.load_checkpoint
 
+    @check_main_thread  # as Nerfstudio's: only the main process of a multi-process run writes
     def save_checkpoint(self, step: int) -> None:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.checkpoint_dir)  # left by a run killed while saving

@@ -1,4 +1,4 @@
-"""``ns-train unified-lift``: Unified-Lift in Nerfstudio (ALGORITHMS.md §2).
+"""``ns-train unified-lift``: Unified-Lift in Nerfstudio (docs/methods/unified_lift.md).
 
 unisem-splat's 16-d per-Gaussian feature, trained with the contrastive loss on raw per-view SAM ids, plus a
 global object codebook read out by argmax (no clustering). The losses live in :mod:`unisem_ns.unified_lift`;

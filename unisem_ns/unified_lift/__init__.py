@@ -1,6 +1,6 @@
 """Unified-Lift (CVPR 2025, Zhu et al.): end-to-end object-level lifting with a global codebook.
 
-Pure PyTorch / numpy / scipy core (no nerfstudio import), ALGORITHMS.md section 2:
+Pure PyTorch / numpy / scipy core (no nerfstudio import), docs/methods/unified_lift.md:
 
 * :mod:`.contrastive`: :func:`sample_pixels`, prototype InfoNCE :func:`contrastive_loss`, :func:`norm_regulariser`.
 * :mod:`.noise_filter`: :func:`label_confidence` (uncertainty map -> keep mask).

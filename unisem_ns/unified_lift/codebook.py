@@ -1,12 +1,13 @@
-"""Unified-Lift's global object codebook and the per-view loss composition (ALGORITHMS.md 2.2-2.5).
+"""Unified-Lift's global object codebook and the per-view loss composition (docs/methods/unified_lift.md,
+steps 3-8 and 11).
 
 - :class:`Codebook`: ``F_obj [L, D]`` (L=256, D=16), logits ``F_u . F_obj^T``; instance id = argmax (no clustering).
 - :func:`class_loss` (L_class), :func:`concentration_loss` (L_concen).
 - :class:`UnifiedLiftLossConfig` + :func:`unified_lift_losses`: everything for one training view.
 
-Gradient routing (spec 2.3 implementation note): the Gaussian features get gradients only from L_contra + L_reg;
-the codebook only from L_class + L_concen, because the codebook branch sees **detached** features. The
-photometric loss is the model's.
+Gradient routing (docs/methods/unified_lift.md, "Gradient routing"): the Gaussian features get gradients only from
+L_contra + L_reg; the codebook only from L_class + L_concen, because the codebook branch sees **detached** features.
+The photometric loss is the model's.
 
 Shapes: ``H x W`` view, ``P = H*W`` pixels, ``D`` feature width, ``L`` codebook entries.
 """
@@ -77,12 +78,14 @@ class Codebook(nn.Module):
         return features @ self.code.T
 
     def probabilities(self, features: torch.Tensor) -> torch.Tensor:
-        """``[..., L]`` softmax of :meth:`logits` (text-query selection thresholds this at 0.2, spec 2.5)."""
+        """``[..., L]`` softmax of :meth:`logits` (text-query selection thresholds this at 0.2 in the authors'
+        LERF-Mask protocol, docs/methods/unified_lift.md, step 14)."""
         return torch.softmax(self.logits(features), dim=-1)
 
     @torch.no_grad()
     def instance_ids(self, features: torch.Tensor, live: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``[...]`` long: argmax codebook entry per feature ``[..., D]`` (the instance map, spec 2.5).
+        """``[...]`` long: argmax codebook entry per feature ``[..., D]`` (the instance map,
+        docs/methods/unified_lift.md, steps 11-13).
 
         ``live``: optional ``[L]`` bool; only these entries compete (all of them when None or none is live).
         """

@@ -1,4 +1,5 @@
-"""Unified-Lift's prototype contrastive loss (ALGORITHMS.md 2.3(1), OmniSeg3D-style ProtoNCE) and norm regulariser.
+"""Unified-Lift's prototype contrastive loss (docs/methods/unified_lift.md, step 3; OmniSeg3D-style ProtoNCE) and norm
+regulariser (step 4).
 
 Per training view, a random batch of pixels is drawn (:func:`sample_pixels`); every SAM mask with more than
 ``min_pixels`` samples gets a prototype ``mu_c`` (mean unit feature) and a concentration temperature ``phi_c``
@@ -90,7 +91,8 @@ def mask_prototypes(
 
     Returns:
         ``mu [C, D]`` mean unit feature per mask (not re-normalised: a spread-out mask gets a shorter prototype,
-        i.e. weaker pull, exactly as the spec's "mean f-bar"), differentiable w.r.t. ``fbar``;
+        i.e. weaker pull, exactly as the documented "mean f-bar", docs/methods/unified_lift.md, step 3),
+        differentiable w.r.t. ``fbar``;
         ``phi [C]`` = clip(temp_scale * sum ||fbar - mu|| / (n log(n + offset)), temp_min, temp_max), detached;
         ``counts [C]`` pixels per mask.
     """
@@ -119,10 +121,10 @@ def contrastive_loss(
 
     ``loss_u = -log softmax_k(fbar_u . mu_k / phi_k)[c(u)]`` for every sampled pixel ``u`` of a kept mask.
 
-    The spec writes ``(1/C) sum_c sum_{u in c}``: a sum over pixels, which scales with the batch size (32768
-    pixels -> losses in the thousands). We take the **per-pixel mean** instead (``reduction="pixel"``, what
-    ``F.cross_entropy`` does): it is the spec's value times ``C / M``, i.e. the same gradient direction, and
-    Adam is invariant to that constant. ``reduction="mask"`` gives the mask-balanced mean
+    The written form of the loss is ``(1/C) sum_c sum_{u in c}``: a sum over pixels, which scales with the batch
+    size (32768 pixels -> losses in the thousands). We take the **per-pixel mean** instead (``reduction="pixel"``,
+    what ``F.cross_entropy`` does): it is the written form's value times ``C / M``, i.e. the same gradient
+    direction, and Adam is invariant to that constant. ``reduction="mask"`` gives the mask-balanced mean
     ``(1/C) sum_c mean_{u in c}``, where small masks weigh as much as large ones.
 
     Args:

@@ -1,4 +1,5 @@
-"""Unified-Lift's area-aware ID mapping (ALGORITHMS.md 2.3(4)): per-view Hungarian matching of SAM ids to codebook ids.
+"""Unified-Lift's area-aware ID mapping (docs/methods/unified_lift.md, step 6): per-view Hungarian matching of SAM
+ids to codebook ids.
 
 For the SAM masks ``j`` of one view and codebook entries ``k``:
 

@@ -3,8 +3,8 @@
 The contrastive loss only sees features through training renders, so a Gaussian that matters little in every
 training view (an occluded flank, a sliver behind a thin object) keeps a feature nobody checked, and a novel view
 that does see it gets a stray id. Gaussian Grouping pulls each sampled Gaussian's identity towards its k nearest
-Gaussians in 3D; Unified-Lift's code carries that loss switched off (ALGORITHMS.md 2.3). Here it acts on unit
-features, the quantity the contrastive loss and the codebook compare.
+Gaussians in 3D; Unified-Lift's code carries that loss switched off (docs/methods/unified_lift.md, step 9). Here it
+acts on unit features, the quantity the contrastive loss and the codebook compare.
 
 Shapes: ``N`` Gaussians, ``D`` feature width, ``S`` sampled Gaussians, ``k`` neighbours.
 """

@@ -1,4 +1,4 @@
-"""Unified-Lift's noisy-label filter (uncertainty map, ALGORITHMS.md 2.3(3)).
+"""Unified-Lift's noisy-label filter (uncertainty map, docs/methods/unified_lift.md, step 5).
 
 The contrastive prototype softmax of :mod:`.contrastive`, evaluated on **every** pixel of the view with a sharper
 temperature range, gives each pixel the probability that it belongs to its own SAM mask. A SAM mask that wrongly
@@ -21,7 +21,8 @@ __all__ = ["FILTER_TEMP_SCALE", "FILTER_TEMP_MIN", "FILTER_TEMP_MAX", "CONF_THRE
 FILTER_TEMP_SCALE = 0.1
 FILTER_TEMP_MIN = 0.1
 FILTER_TEMP_MAX = 1.0
-#: conf > 0.2 -> label kept (binarised); the spec's "0.5 (use)" then reads the binary map, so it changes nothing.
+#: conf > 0.2 -> label kept (binarised); the reference config's "0.5 (use)" then reads the binary map, so it changes
+#: nothing.
 CONF_THRESHOLD = 0.2
 #: Pixels per block of the [P, C] logits: bounds memory on large views.
 _CHUNK = 65536
