@@ -26,8 +26,6 @@ ROWS = {
     "no_noise_filter": [M + "losses.use-noise-filter", "False"],
     # [R] default: the 3D kNN regulariser on the Gaussian features (off in Unified-Lift's code)
     "no_knn_regulariser": [M + "knn-feature-weight", "0"],
-    # [R] opt-in: a mask most of whose pixels read as a code another mask of the view holds shares it (split objects)
-    "shared_codes": [M + "losses.shared-code-threshold", "0.5"],
 }
 
 

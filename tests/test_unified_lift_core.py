@@ -3,7 +3,6 @@ cross-view id consistency, HDBSCAN baseline and the instance PLY."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -74,23 +73,6 @@ def test_area_aware_vs_normalised_assignment():
     pseudo_n, mapping_n = area_aware_assignment(probs, ids, normalised=True)
     assert mapping_n == {3: 0, 7: 2, 12: 1}
     assert (pseudo_n[ids == 7] == 2).all()
-
-
-def test_shared_code_threshold_keeps_a_split_object_on_one_code():
-    """An object SAM cut in two (masks 1 and 2) whose pixels read as entry 0: one-to-one matching hands the
-    smaller part another entry; with share_threshold the part keeps entry 0. A mask whose pixels are split
-    between two entries (mask 3, 50/50) gets its Hungarian entry; so does mask 2 when too few of its pixels agree."""
-    obj = [0.4, 0.2, 0.2, 0.2]
-    other = [0.2, 0.4, 0.2, 0.2]
-    ids = torch.tensor([1] * 30 + [2] * 10 + [3] * 8)
-    probs = torch.tensor([obj] * 30 + [obj] * 7 + [other] * 3 + [[0.1, 0.1, 0.5, 0.3]] * 4 + [[0.1, 0.1, 0.3, 0.5]] * 4)
-    _, one_to_one = area_aware_assignment(probs, ids)
-    assert one_to_one[1] == 0 and one_to_one[2] != 0 and len(set(one_to_one.values())) == 3
-    pseudo, shared = area_aware_assignment(probs, ids, share_threshold=0.6)
-    assert shared[1] == 0 and shared[2] == 0 and shared[3] == one_to_one[3]
-    assert (pseudo[ids == 2] == 0).all() and (pseudo[ids == 3] == one_to_one[3]).all()
-    _, strict = area_aware_assignment(probs, ids, share_threshold=0.8)  # 7 of 10 < 0.8: one-to-one again
-    assert strict == one_to_one
 
 
 def test_assignment_caps_ids_and_respects_keep():
@@ -501,61 +483,8 @@ def test_edge_aware_argmax_equals_the_dense_filter():
         edge_aware_argmax(probs, guide[:4], radius=1)
 
 
-def _two_colour_view(shift: int):
-    """A 16x20 view: red left of column 10, blue from it; mask 7 covers the red part grown (shift > 0) or shrunk
-    (shift < 0) by ``shift`` columns, mask 4 the rest; a void row on top."""
-    image = torch.zeros(16, 20, 3)
-    image[:, :10, 0] = 0.9
-    image[:, 10:, 2] = 0.8
-    ids = torch.full((16, 20), 4, dtype=torch.long)
-    ids[:, : 10 + shift] = 7
-    ids[0] = 0
-    return ids, image
-
-
-def test_snap_mask_to_edges_moves_a_jittered_boundary_onto_the_colour_edge():
-    """A mask grown or shrunk by up to 2 px (the simulator's jitter) is put back on the colour edge; void stays
-    void; a mask too small to have a trusted pixel keeps its pixels; a flat image changes nothing."""
-    from unisem_ns.unified_lift import snap_mask_to_edges
-
-    for shift in (-2, -1, 1, 2):
-        ids, image = _two_colour_view(shift)
-        out = snap_mask_to_edges(ids, image, radius=4, sigma_space=4.0, sigma_rgb=0.03, core=2)
-        expected = torch.full_like(ids, 4)
-        expected[:, :10] = 7
-        expected[0] = 0
-        assert torch.equal(out, expected), shift
-    # without colour differences the vote is spatial only: the straight boundary stays where the mask put it
-    ids, image = _two_colour_view(2)
-    assert torch.equal(snap_mask_to_edges(ids, torch.zeros_like(image)), ids)
-    # a 3x3 mask (no pixel 3 px from its edge) is kept whole even where it grew over its neighbour's colour, and
-    # it does not spread: the blue pixels around it keep their id, though the nearest trusted pixels are far
-    ids, image = _two_colour_view(0)
-    image[6:9, 14:17] = torch.tensor([0.1, 0.8, 0.1])  # a green object...
-    ids[5:9, 14:17] = 9  # ...whose mask is one row too tall
-    out = snap_mask_to_edges(ids, image, radius=4, sigma_space=4.0, sigma_rgb=0.03, core=2)
-    assert torch.equal(out, ids)
-    # radius 0 or core 0: unchanged; bad shapes: one clear error
-    assert torch.equal(snap_mask_to_edges(ids, image, radius=0), ids)
-    with pytest.raises(ValueError, match="same H, W"):
-        snap_mask_to_edges(ids, image[:4])
-
-
-def test_snap_mask_to_edges_chunks_agree():
-    from unisem_ns.unified_lift import snap_mask_to_edges
-
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 6, (6, 8), generator=gen).repeat_interleave(4, 0).repeat_interleave(4, 1)
-    image = torch.rand(24, 32, 3, generator=gen)
-    whole = snap_mask_to_edges(ids, image, radius=3, sigma_space=2.0, sigma_rgb=0.2, core=1)
-    assert torch.equal(whole, snap_mask_to_edges(ids, image, radius=3, sigma_space=2.0, sigma_rgb=0.2, core=1,
-                                                 chunk_elements=100))
-    assert (whole != ids).any() and torch.equal(whole == 0, ids == 0)
-
-
-def test_mask_boundary_ignore_leaves_boundary_pixels_out():
-    """losses.mask_boundary_ignore = r: pixels within r px of another id (void included) get no label, the rest
-    keep theirs; r = 0 labels every non-void pixel."""
+def test_boundary_band_marks_pixels_near_an_id_change():
+    """boundary_band(ids, r): pixels within r px of another id (void included); the rest are outside the band."""
     from unisem_ns.unified_lift import boundary_band
 
     ids = torch.zeros(12, 16, dtype=torch.long)
@@ -565,73 +494,6 @@ def test_mask_boundary_ignore_leaves_boundary_pixels_out():
     assert band[:, 7:9].all() and band[:2].all()  # both sides of the 3|5 edge, and next to the void row
     assert not band[2:, :7].any() and not band[2:, 9:].any()
     assert boundary_band(ids, 2)[:, 6:10].all() and not boundary_band(ids, 2)[3:, :6].any()
-
-    torch.manual_seed(0)
-    feats = torch.randn(12, 16, 4)
-    cb = Codebook(8, 4)
-    plain = unified_lift_losses(feats, ids, cb, UnifiedLiftLossConfig(n_pixels=1000, min_pixels=2, use_noise_filter=False))
-    cut = unified_lift_losses(feats, ids, cb, UnifiedLiftLossConfig(n_pixels=1000, min_pixels=2, use_noise_filter=False,
-                                                                 mask_boundary_ignore=1))
-    assert (plain["aux"]["pseudo_labels"][1:] >= 0).all()
-    labelled = cut["aux"]["pseudo_labels"] >= 0
-    assert not labelled[band].any() and labelled[~band & (ids > 0)].all()
-
-
-def test_contrastive_merge_keeps_split_halves_together():
-    """losses.contrastive_merge_cos: two masks of one view whose features already agree (the halves of an
-    over-segmented object) are one class, so the loss stops pushing them apart; a distinct object stays apart."""
-    from unisem_ns.unified_lift.contrastive import merge_similar_masks
-
-    gen = torch.Generator().manual_seed(0)
-    dirs = torch.linalg.qr(torch.randn(16, 16, generator=gen))[0][:2]
-    # masks 4 and 7 are halves of object a; mask 2 is object b
-    obj = torch.tensor([0] * 60 + [0] * 60 + [1] * 80)
-    ids = torch.tensor([4] * 60 + [7] * 60 + [2] * 80)
-    base = dirs[obj] + 0.05 * torch.randn(obj.numel(), 16, generator=gen)
-
-    fbar = F.normalize(base, dim=-1)
-    target = torch.unique(ids, return_inverse=True)[1]  # 2 -> 0, 4 -> 1, 7 -> 2
-    merged, n, dropped = merge_similar_masks(fbar, target, 3, 0.9)
-    assert (n, dropped) == (2, 1)
-    assert merged[ids == 4].unique().tolist() == merged[ids == 7].unique().tolist() != merged[ids == 2].unique().tolist()
-    assert merge_similar_masks(fbar, target, 3, 0.9999)[1] == 3  # nothing that similar
-
-    # gradient: without merging, the halves' features are pushed apart (their mutual cosine falls under descent)
-    def halves_cos_after_step(merge_cos):
-        f = base.clone().requires_grad_()
-        loss, info = contrastive_loss(f, ids, min_pixels=5, merge_cos=merge_cos)
-        loss.backward()
-        g = (f - 0.5 * f.grad / f.grad.norm()).detach()
-        h4, h7 = F.normalize(g[ids == 4].mean(0), dim=0), F.normalize(g[ids == 7].mean(0), dim=0)
-        return float(h4 @ h7), int(info["num_masks"])
-
-    cos_split, n_split = halves_cos_after_step(0.0)
-    cos_merged, n_merged = halves_cos_after_step(0.9)
-    assert (n_split, n_merged) == (3, 2)
-    assert cos_merged > cos_split
-
-
-def test_contrastive_filter_drops_unconfident_labels_from_the_contrastive_loss():
-    """losses.contrastive_filter: the noise filter's rejected pixels (a region a mask wrongly swallowed) are left
-    out of the contrastive loss too, so they no longer pull toward that mask; the confident pixels are unchanged."""
-    gen = torch.Generator().manual_seed(0)
-    dirs = torch.linalg.qr(torch.randn(16, 16, generator=gen))[0][:3]
-    obj = torch.tensor([0] * 170 + [1] * 30 + [1] * 150 + [2] * 100)  # mask 5 swallows 30 px of object b
-    ids = torch.tensor([5] * 200 + [9] * 150 + [2] * 100)
-    feats = (dirs[obj] + 0.05 * torch.randn(obj.numel(), 16, generator=gen)).reshape(10, 45, 16)
-    cfg = UnifiedLiftLossConfig(n_pixels=10_000, min_pixels=2, contrastive_weight=1.0)
-    grads = {}
-    for flag in (False, True):
-        f = feats.clone().requires_grad_()
-        out = unified_lift_losses(f, ids.reshape(10, 45), None, dataclasses.replace(
-            cfg, use_codebook=False, contrastive_filter=flag))
-        out["losses"]["contrastive"].backward()
-        grads[flag] = f.grad.reshape(-1, 16)
-    planted = torch.zeros(obj.numel(), dtype=torch.bool)
-    planted[170:200] = True
-    # filtered: the swallowed pixels get no pull toward mask 5's prototype (only their share in the others' softmax)
-    pull = lambda g: float((-g[planted] @ F.normalize(dirs[0], dim=0)).mean())  # noqa: E731
-    assert pull(grads[False]) > 0 and pull(grads[True]) < pull(grads[False])
 
 
 def test_drop_duplicate_codes_keeps_the_more_used_entry():
@@ -722,56 +584,3 @@ def test_knn_regulariser_tiny_inputs():
     # two Gaussians: k is capped at the one other Gaussian; opposite features give the maximum, 4
     loss = knn_feature_regulariser(torch.tensor([[0.0, 0, 0], [1.0, 0, 0]]), torch.tensor([[1.0, 0], [-1.0, 0]]), k=5)
     assert float(loss) == pytest.approx(4.0)
-
-
-def test_mask_spheres_and_separation_push_apart_only_far_alike_masks():
-    """Each mask gets a unit prototype, centre and radius from its pixels' 3D positions; the separation loss pushes
-    a prototype away from a remembered one only when the two spheres are far apart and the cosine exceeds the
-    margin, and it is zero for near pairs (which may be one object) and for pairs already apart."""
-    from unisem_ns.unified_lift.separation import MaskMemory, mask_prototypes_and_spheres, separation_loss
-
-    H, W = 6, 8
-    xyz = torch.zeros(H, W, 3)
-    xyz[..., 0] = torch.arange(W).float()[None]  # a plane: x = column, y = row
-    xyz[..., 1] = torch.arange(H).float()[:, None]
-    ids = torch.zeros(H, W, dtype=torch.long)
-    ids[:, :2], ids[:, 6:] = 1, 2  # two 2-column masks 6 apart
-    ids[0, 3] = 3  # a one-pixel mask: skipped at min_pixels 2
-    feats = torch.zeros(H, W, 4)
-    feats[..., 0] = 1.0
-    feats.requires_grad_(True)
-    protos, centres, radii = mask_prototypes_and_spheres(feats, xyz, ids, min_pixels=2, quantile=1.0)
-    assert protos.shape == (2, 4) and torch.allclose(protos, torch.tensor([[1.0, 0, 0, 0]] * 2))
-    assert torch.allclose(centres, torch.tensor([[0.5, 2.5, 0.0], [6.5, 2.5, 0.0]]))
-    want_r = math.hypot(0.5, 2.5)  # the farthest pixel from each centre
-    assert torch.allclose(radii, torch.full((2,), want_r))
-
-    # mask 1 against a remembered copy of mask 2: 6 apart; far at factor 1 (6 > 2 r = 5.1), not at factor 2
-    far, n_far = separation_loss(protos[:1], centres[:1], radii[:1], protos[1:].detach(), centres[1:], radii[1:],
-                                 factor=1.0, margin=0.5)
-    assert n_far == 1 and float(far) == pytest.approx(0.5)  # cos 1 - margin
-    far.backward()
-    grad = feats.grad[:, :2]
-    assert float(grad[..., 0].abs().sum()) == 0  # along the prototype itself a unit vector cannot change
-    near, n_near = separation_loss(protos[:1].detach(), centres[:1], radii[:1], protos[1:].detach(), centres[1:],
-                                   radii[1:], factor=2.0, margin=0.5)
-    assert n_near == 0 and float(near) == 0
-    apart = torch.tensor([[0.0, 1.0, 0.0, 0.0]])  # cosine 0 < margin
-    zero, n = separation_loss(protos[:1].detach(), centres[:1], radii[:1], apart, centres[1:], radii[1:], 1.0, 0.5)
-    assert n == 1 and float(zero) == 0
-
-    # a feature that is pushed: the gradient step lowers the cosine
-    f = torch.tensor([[1.0, 0.2, 0.0, 0.0]], requires_grad=True)
-    loss, _ = separation_loss(F.normalize(f, dim=-1), centres[:1], radii[:1], torch.tensor([[1.0, 0, 0, 0]]),
-                              centres[1:], radii[1:], factor=1.0, margin=0.5)
-    loss.backward()
-    stepped = F.normalize(f.detach() - 0.1 * f.grad, dim=-1)
-    assert float(stepped[0, 0]) < float(F.normalize(f.detach(), dim=-1)[0, 0])
-
-    memory = MaskMemory(capacity=3)
-    assert len(memory) == 0 and memory.get(protos, 4)[0].shape == (0, 4)
-    memory.push(protos, centres, radii)
-    memory.push(protos + 1, centres + 1, radii + 1)
-    got = memory.get(protos, 4)
-    assert len(memory) == 3 and torch.equal(got[1], torch.cat([centres[1:], centres + 1]))  # the oldest dropped
-    assert not got[0].requires_grad

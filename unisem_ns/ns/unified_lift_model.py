@@ -21,7 +21,6 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from torch import nn
 from torch.nn import Parameter
 
-from unisem_ns.geometry.backproject import backproject_depth, opengl_to_opencv_c2w
 from unisem_ns.language.query_field import palette
 from unisem_ns.metrics.panoptic import PanopticAccumulator
 from unisem_ns.ns.data import UnisemDatamanagerConfig, UnisemDataset
@@ -37,10 +36,8 @@ from unisem_ns.unified_lift import (
     edge_aware_argmax,
     export_instance_ply,
     knn_feature_regulariser,
-    snap_mask_to_edges,
     unified_lift_losses,
 )
-from unisem_ns.unified_lift.separation import MaskMemory, mask_prototypes_and_spheres, separation_loss
 
 HIGHLIGHT_COLOR = (1.0, 0.15, 0.1)
 
@@ -66,17 +63,6 @@ class UnifiedLiftDatamanagerConfig(UnisemDatamanagerConfig):
 
 
 # ------------------------------------------------------------------------------------------------- model
-
-
-def pixel_world_positions(camera: Cameras, depth: torch.Tensor) -> torch.Tensor:
-    """``[H, W, 3]`` world position of each pixel centre of a pinhole ``camera`` (one, nerfstudio's OpenGL
-    convention) at its rendered z-depth ``[H, W, 1]``; pixels without depth (<= 0) stay at the origin."""
-    H, W = depth.shape[:2]
-    c2w = opengl_to_opencv_c2w(camera.camera_to_worlds[0])
-    points, index = backproject_depth(depth[..., 0], camera.get_intrinsics_matrices()[0], c2w)
-    out = depth.new_zeros(H * W, 3)
-    out[index.to(depth.device)] = points.to(out)
-    return out.reshape(H, W, 3)
 
 
 @dataclass
@@ -123,18 +109,6 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     refine_sigma_rgb: float = 0.1
     """Colour std (RGB in [0, 1], Euclidean) of the edge-aware refinement: neighbours whose rendered colour differs
     by much more than this do not vote."""
-    mask_snap_radius: int = 0
-    """[R] Before training, each view's SAM mask boundaries are moved onto the photograph's colour edges
-    (``unisem_ns.unified_lift.edge_refine.snap_mask_to_edges``): pixels within ``mask_snap_core`` px of an id change
-    take the id of the trusted, colour-alike pixels of their (2r+1)^2 window. 0 = the masks as given (the paper).
-    Opt-in: with 4 it removed 45 % of the simulator's jitter errors from the training labels, but PQ^scene moved by
-    -0.047..+0.069 over four seeds, mean +0.001 (benchmarks/RESULTS.md)."""
-    mask_snap_core: int = 2
-    """Pixels within this distance of a change of mask id are re-decided by the snap (the rest are trusted)."""
-    mask_snap_sigma_space: float = 4.0
-    """Spatial std (pixels) of the snap's vote."""
-    mask_snap_sigma_rgb: float = 0.03
-    """Colour std (RGB in [0, 1], Euclidean) of the snap's vote."""
     code_usage_decay: float = 0.999
     """Per-step decay of the code-usage average (about the last 1/(1-decay) steps count)."""
     language_decay: float = 0.995
@@ -154,20 +128,6 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     """Neighbours per sampled Gaussian for the kNN regulariser (Gaussian Grouping: 5)."""
     knn_samples: int = 512
     """Gaussians sampled per step for the kNN regulariser."""
-    separation_weight: float = 0.0
-    """[R] Weight of the cross-view separation loss (``unisem_ns.unified_lift.separation``): a mask's prototype is
-    pushed away from remembered masks of earlier views whose 3D spheres (rendered depth) are far from its own, while
-    their cosine exceeds ``separation_margin``, so objects never seen together stop sharing a feature and a code.
-    0 = off (the paper). Opt-in: at 1e-6 with margin 0.5 it moved PQ^scene by -0.012..+0.037 over seven seeds (mean
-    +0.010, paired p ~ 0.18; margin 0: +0.009 over four), not clear of the seed spread (benchmarks/RESULTS.md)."""
-    separation_factor: float = 2.0
-    """Two masks are far apart when their centres are more than this times the sum of their radii apart."""
-    separation_margin: float = 0.5
-    """Far pairs whose prototype cosine is at most this cost nothing."""
-    separation_memory: int = 512
-    """Masks remembered (the most recent ones) for the separation loss."""
-    separation_start_step: int = 500
-    """The separation loss starts here (before, features and depth are still forming)."""
     stop_split_at: int = 1000
     """Densify until this step. [R] 1000: Unified-Lift densifies for the first third of its 30k steps (until 10k);
     1000 is the same third of ns-train's default 3000. Pass 10000 with ``--max-num-iterations 30000`` for the paper's
@@ -204,8 +164,6 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         # inference='cluster' state, filled lazily at first use (not checkpointed: it is a pure function of the
         # trained features).
         self._cluster_centres: Optional[torch.Tensor] = None
-        self._snapped_masks: Dict[int, torch.Tensor] = {}  # image index -> snapped mask ids (a pure function of the view)
-        self._mask_memory = MaskMemory(self.config.separation_memory)  # recent masks' prototypes and 3D spheres
         self.selected_instance: Optional[int] = None
         self.panoptic: Optional[PanopticAccumulator] = None
         if self.has_language:
@@ -218,7 +176,7 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         self.select_button = ViewerButton("Click to select an object", cb_hook=self._arm_click)
 
     def training_state(self) -> Dict[str, Any]:
-        # the pixel-pair and kNN sample streams continue where they were (the mask memory is empty by default)
+        # the pixel-pair and kNN sample streams continue where they were
         return {**super().training_state(), "generator": self._generator.get_state(),
                 "knn_generator": self._knn_generator.get_state()}
 
@@ -234,26 +192,14 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
 
     # ------------------------------------------------------------------------------------------- training
 
-    def wants_training_depth(self) -> bool:
-        return super().wants_training_depth() or self.config.separation_weight > 0
-
-    def get_outputs(self, camera: Cameras) -> Dict[str, torch.Tensor]:
-        outputs = super().get_outputs(camera)
-        if self.training and self.config.separation_weight > 0 and outputs.get("depth") is not None:
-            outputs["xyz"] = pixel_world_positions(camera, outputs["depth"].detach())
-        return outputs
-
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
         losses = super().get_loss_dict(outputs, batch, metrics_dict)
         if not self.training or "object_mask" not in batch:
             return losses
-        ids = self._training_masks(batch)
+        ids = batch["object_mask"].to(self.device)
         cfg = self.config.losses
         if cfg.use_codebook and self.step < self.config.codebook_start_step:
             cfg = dataclasses.replace(cfg, use_codebook=False)
-        if self.step < cfg.robust_start_step:
-            cfg = dataclasses.replace(cfg, shared_code_threshold=0.0, contrastive_merge_cos=0.0,
-                                      contrastive_filter=False)
         codebook = self.codebook if cfg.use_codebook else None
         terms = unified_lift_losses(outputs["features"], ids, codebook, cfg, self._generator)
         losses.update({f"{k}_loss": v for k, v in terms["losses"].items()})
@@ -266,38 +212,9 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
                                            self.gaussian_features(self.gauss_params["features_sem"]),
                                            self.config.knn_k, self.config.knn_samples, self._knn_generator)
             losses["knn_feature_loss"] = self.config.knn_feature_weight * loss
-        if self.config.separation_weight > 0 and "xyz" in outputs:
-            protos, centres, radii = mask_prototypes_and_spheres(outputs["features"], outputs["xyz"], ids,
-                                                                 cfg.view_min_pixels(ids.numel()))
-            if self.step >= self.config.separation_start_step:
-                memory = self._mask_memory.get(protos, protos.shape[-1])
-                loss, pairs = separation_loss(protos, centres, radii, *memory, self.config.separation_factor,
-                                              self.config.separation_margin)
-                losses["separation_loss"] = self.config.separation_weight * loss
-                if metrics_dict is not None:
-                    metrics_dict["ul_separation_pairs"] = torch.tensor(float(pairs))
-            self._mask_memory.push(protos, centres, radii)
         if self.has_language and "lang_seg" in batch and self.config.losses.use_codebook:
             self._accumulate_language(outputs["features"].detach(), batch)
         return losses
-
-    @torch.no_grad()
-    def _training_masks(self, batch) -> torch.Tensor:
-        """The view's mask ids [H, W], snapped to its photograph's edges when ``mask_snap_radius`` > 0 (once per view)."""
-        ids = batch["object_mask"].to(self.device)
-        cfg = self.config
-        if cfg.mask_snap_radius <= 0:
-            return ids
-        key = int(batch["image_idx"]) if "image_idx" in batch else None
-        if key is not None and key in self._snapped_masks:
-            return self._snapped_masks[key]
-        image = batch["image"][..., :3].to(self.device)  # full resolution, like the mask
-        image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-        snapped = snap_mask_to_edges(ids, image, cfg.mask_snap_radius, cfg.mask_snap_sigma_space,
-                                     cfg.mask_snap_sigma_rgb, cfg.mask_snap_core)
-        if key is not None:
-            self._snapped_masks[key] = snapped
-        return snapped
 
     @torch.no_grad()
     def _track_usage(self, mapping: Dict[int, int]) -> None:

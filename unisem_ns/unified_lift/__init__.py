@@ -9,16 +9,15 @@ Pure PyTorch / numpy / scipy core (no nerfstudio import), docs/methods/unified_l
   :class:`UnifiedLiftLossConfig`, :func:`unified_lift_losses` (everything for one view),
   :func:`drop_duplicate_codes` (inference).
 * :mod:`.edge_refine`: :func:`edge_aware_argmax` (inference: id boundaries snapped to the render's colour edges),
-  :func:`boundary_band`, :func:`snap_mask_to_edges` (training: mask boundaries snapped to the photograph's edges).
+  :func:`boundary_band`.
 * :mod:`.knn_regulariser`: :func:`knn_feature_regulariser` (3D kNN loss on Gaussian features, training).
 * :mod:`.clustering`: HDBSCAN baseline (:func:`cluster_gaussian_features`, :func:`assign_pixels`).
 * :mod:`.export`: instance PLY (:func:`export_instance_ply`, :func:`read_instance_ply`).
 """
 
-from .clustering import ClusteringConfig, assign_pixels, centre_similarity, cluster_centres, cluster_gaussian_features
+from .clustering import assign_pixels, centre_similarity, cluster_centres, cluster_gaussian_features
 from .codebook import (
     Codebook,
-    CodebookConfig,
     UnifiedLiftLossConfig,
     class_loss,
     concentration_loss,
@@ -26,20 +25,18 @@ from .codebook import (
     unified_lift_losses,
 )
 from .contrastive import contrastive_loss, mask_prototypes, norm_regulariser, sample_pixels, unit_features
-from .edge_refine import boundary_band, edge_aware_argmax, snap_mask_to_edges
+from .edge_refine import boundary_band, edge_aware_argmax
 from .export import InstancePly, export_instance_ply, instance_colours, read_instance_ply
 from .id_mapping import area_aware_assignment
 from .knn_regulariser import knn_feature_regulariser, nearest_neighbours
 from .noise_filter import label_confidence
 
 __all__ = [
-    "ClusteringConfig",
     "assign_pixels",
     "centre_similarity",
     "cluster_centres",
     "cluster_gaussian_features",
     "Codebook",
-    "CodebookConfig",
     "UnifiedLiftLossConfig",
     "class_loss",
     "concentration_loss",
@@ -52,7 +49,6 @@ __all__ = [
     "unit_features",
     "boundary_band",
     "edge_aware_argmax",
-    "snap_mask_to_edges",
     "InstancePly",
     "export_instance_ply",
     "instance_colours",

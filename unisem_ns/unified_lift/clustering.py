@@ -13,30 +13,14 @@ Shapes: ``N`` Gaussians, ``D`` feature width, ``C`` clusters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
-__all__ = ["ClusteringConfig", "cluster_gaussian_features", "cluster_centres", "centre_similarity", "assign_pixels"]
+__all__ = ["cluster_gaussian_features", "cluster_centres", "centre_similarity", "assign_pixels"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
-
-
-@dataclass
-class ClusteringConfig:
-    """Defaults of :func:`cluster_gaussian_features`."""
-
-    #: smallest cluster, in Gaussians of the full set
-    min_cluster_size: int = 100
-    #: HDBSCAN's min_samples (None = min_cluster_size after rescaling, sklearn's default)
-    min_samples: Optional[int] = None
-    #: at most this many Gaussians go into HDBSCAN (keeps 100k+ scenes at a few seconds)
-    max_fit: int = 20000
-    #: True: every Gaussian gets a cluster (noise included, by nearest centre); False: keep -1 for noise
-    assign_noise: bool = True
-    seed: int = 0
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -62,11 +46,11 @@ def cluster_centres(features: ArrayLike, labels: ArrayLike) -> np.ndarray:
 
 def cluster_gaussian_features(
     features: ArrayLike,
-    min_cluster_size: int = ClusteringConfig.min_cluster_size,
-    min_samples: Optional[int] = ClusteringConfig.min_samples,
-    max_fit: int = ClusteringConfig.max_fit,
-    assign_noise: bool = ClusteringConfig.assign_noise,
-    seed: int = ClusteringConfig.seed,
+    min_cluster_size: int = 100,
+    min_samples: Optional[int] = None,
+    max_fit: int = 20000,
+    assign_noise: bool = True,
+    seed: int = 0,
 ) -> np.ndarray:
     """Cluster per-Gaussian features ``[N, D]`` with HDBSCAN on unit-normalised features.
 
@@ -76,7 +60,10 @@ def cluster_gaussian_features(
     Args:
         min_cluster_size: smallest cluster in Gaussians of the full set (rescaled by ``max_fit / N`` when
             subsampling, floor 2).
-        max_fit: HDBSCAN sees at most this many Gaussians; the rest are assigned to the nearest centre (cosine).
+        min_samples: HDBSCAN's min_samples, rescaled like ``min_cluster_size`` (None = sklearn's default, i.e.
+            ``min_cluster_size`` after rescaling).
+        max_fit: HDBSCAN sees at most this many Gaussians (keeps 100k+ scenes at a few seconds); the rest are
+            assigned to the nearest centre (cosine).
         assign_noise: if False, HDBSCAN noise keeps ``-1``, and an unfitted Gaussian is noise when its cosine to
             its nearest centre is below the smallest cosine of that cluster's fitted members.
 

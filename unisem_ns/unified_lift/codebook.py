@@ -34,28 +34,16 @@ from .contrastive import (
     sample_pixels,
     unit_features,
 )
-from .edge_refine import boundary_band
 from .id_mapping import area_aware_assignment
 from .noise_filter import CONF_THRESHOLD, FILTER_TEMP_MAX, FILTER_TEMP_MIN, FILTER_TEMP_SCALE, label_confidence
 
 __all__ = [
-    "CodebookConfig",
     "Codebook",
     "class_loss",
     "concentration_loss",
     "UnifiedLiftLossConfig",
     "unified_lift_losses",
 ]
-
-
-@dataclass
-class CodebookConfig:
-    """Codebook size and optimiser (config/gaussian_dataset/train.json: num_classes=256, num_objects=16)."""
-
-    num_ids: int = 256
-    dim: int = 16
-    #: separate Adam for the codebook
-    lr: float = 5e-4
 
 
 class Codebook(nn.Module):
@@ -214,21 +202,6 @@ class UnifiedLiftLossConfig:
     conf_threshold: float = CONF_THRESHOLD
     #: Panoptic Lifting's per-mask mean cost instead of the area-aware sum
     normalised_cost: bool = False
-    #: [R] pixels within this many pixels of a change of mask id (void included) are left out of every loss:
-    #: SAM's boundaries are the least reliable pixels (the simulator jitters them by up to 2-3 px); 0 = all (paper)
-    mask_boundary_ignore: int = 0
-    #: [R] 0 = one-to-one ID mapping (paper). > 0: a mask at least this fraction of whose pixels already read as
-    #: one entry (argmax) takes that entry even if another mask of the view holds it (``area_aware_assignment``)
-    shared_code_threshold: float = 0.0
-    #: [R] > 0: in the contrastive loss, masks of a view whose prototypes already agree (cosine above this) are
-    #: one class, so an over-segmented object's halves are not pushed apart (``merge_similar_masks``); 0 = paper
-    contrastive_merge_cos: float = 0.0
-    #: [R] also drop the noise filter's unconfident labels from the contrastive loss (the paper filters only
-    #: L_class and L_concen), so an under-segmented mask stops pulling two objects together
-    contrastive_filter: bool = False
-    #: [R] steps before the three options above (shared codes, contrastive merge, contrastive filter) start:
-    #: early on every feature is alike, so each would merge everything; applied by the model, which knows the step
-    robust_start_step: int = 500
     concentration_p: float = 2
     #: pixels per view for the codebook branch (filter, Hungarian, L_class, L_concen); 0 = every pixel (code)
     codebook_pixels: int = 0
@@ -266,14 +239,12 @@ def unified_lift_losses(
         ``{"losses": {name: weighted scalar}, "metrics": {name: detached scalar}, "aux": {...}}``.
         ``losses`` has ``contrastive`` and ``norm`` always, ``class`` and ``concentration`` with the codebook
         (``use_codebook=False`` is the clustering-baseline training: contrastive + norm only). ``metrics`` holds
-        the unweighted values and diagnostics (``num_masks``, ``merged_masks``, ``keep_fraction``, ``class_skipped``,
-        ``mapped_ids``); ``aux`` the codebook branch's ``pseudo_labels [H, W]``, ``keep [H, W]``,
-        ``confidence [H, W]`` (NaN-free, 0 where not computed), ``mapping`` dict and ``class_status`` str.
+        the unweighted values and diagnostics (``num_masks``, ``keep_fraction``, ``class_skipped``, ``mapped_ids``);
+        ``aux`` the codebook branch's ``pseudo_labels [H, W]``, ``keep [H, W]``, ``confidence [H, W]`` (NaN-free,
+        0 where not computed), ``mapping`` dict and ``class_status`` str.
     """
     cfg = cfg or UnifiedLiftLossConfig()
     H, W, D = rendered_features.shape
-    if cfg.mask_boundary_ignore > 0:
-        mask_ids = mask_ids * ~boundary_band(mask_ids, cfg.mask_boundary_ignore)
     feats = rendered_features.reshape(H * W, D)
     ids = mask_ids.reshape(H * W).to(device=feats.device, dtype=torch.long)
 
@@ -281,16 +252,13 @@ def unified_lift_losses(
         return label_confidence(f, i, cfg.filter_temp_scale, cfg.filter_temp_min, cfg.filter_temp_max,
                                 cfg.conf_threshold, cfg.temp_log_offset)
 
-    filtered = confidence(feats.detach(), ids) if cfg.contrastive_filter and cfg.use_noise_filter else None
-
     # --- feature branch: contrastive + norm on a random pixel batch ---
     idx = sample_pixels(H * W, cfg.n_pixels, generator).to(feats.device)
     f_s = feats[idx]
-    ids_con = ids if filtered is None else ids * filtered[1]
     min_pixels = cfg.view_min_pixels(idx.numel())
     l_con, info = contrastive_loss(
-        f_s, ids_con[idx], min_pixels, cfg.contrastive_temp_scale, cfg.contrastive_temp_min,
-        cfg.contrastive_temp_max, cfg.temp_log_offset, cfg.contrastive_reduction, cfg.contrastive_merge_cos,
+        f_s, ids[idx], min_pixels, cfg.contrastive_temp_scale, cfg.contrastive_temp_min,
+        cfg.contrastive_temp_max, cfg.temp_log_offset, cfg.contrastive_reduction,
     )
     # the regulariser sees the same batch (void pixels included: every rendered feature should stay near unit length)
     l_norm = norm_regulariser(f_s)
@@ -299,7 +267,6 @@ def unified_lift_losses(
         "contrastive": l_con.detach(),
         "norm": l_norm.detach(),
         "num_masks": info["num_masks"].to(feats.device, torch.float32),
-        "merged_masks": info["merged"].to(feats.device, torch.float32),
     }
     aux: Dict[str, Any] = {}
     if not cfg.use_codebook:
@@ -316,17 +283,14 @@ def unified_lift_losses(
     else:
         ids_cb = ids
     labelled = ids_cb > 0
-    if filtered is not None and cb_idx is None:
-        conf, keep = filtered
-    elif cfg.use_noise_filter:
+    if cfg.use_noise_filter:
         conf, keep = confidence(fd, ids_cb)
     else:
         conf, keep = labelled.to(fd.dtype), labelled
 
     logits = codebook.logits(fd)  # [P', L]
     normalised = cfg.normalised_cost or not cfg.area_aware
-    pseudo, mapping = area_aware_assignment(torch.softmax(logits.detach(), -1), ids_cb, keep, normalised,
-                                            share_threshold=cfg.shared_code_threshold)
+    pseudo, mapping = area_aware_assignment(torch.softmax(logits.detach(), -1), ids_cb, keep, normalised)
     l_cls, status = class_loss(logits, pseudo, keep, codebook.num_ids)
     losses["class"] = cfg.class_weight * l_cls
     metrics["class"] = l_cls.detach()

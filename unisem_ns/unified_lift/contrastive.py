@@ -29,7 +29,6 @@ __all__ = [
     "unit_features",
     "mask_prototypes",
     "contrastive_loss",
-    "merge_similar_masks",
     "norm_regulariser",
 ]
 
@@ -115,7 +114,6 @@ def contrastive_loss(
     temp_max: float = TEMP_MAX,
     temp_log_offset: float = TEMP_LOG_OFFSET,
     reduction: str = "pixel",
-    merge_cos: float = 0.0,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Prototype InfoNCE over the masks of one view.
 
@@ -131,13 +129,10 @@ def contrastive_loss(
         features: ``[M, D]`` raw rendered features at the sampled pixels (not normalised).
         mask_ids: ``[M]`` int SAM ids; ``0`` = void (excluded). Id values are arbitrary per view.
         min_pixels: a mask needs **more than** this many samples to get a prototype; others are excluded.
-        merge_cos: > 0: masks whose (detached) unit prototypes have cosine above this are one class here
-            (transitively), so the halves of an over-segmented object are not pushed apart. 0 = off (paper).
 
     Returns:
         ``loss`` scalar (zero, not requiring grad, when no mask qualifies; one mask gives exactly 0) and
-        ``info``: ``num_masks`` (C, after any merge), ``merged`` (masks folded into another), ``num_pixels`` (long
-        scalars), ``phi [C]``, ``labels`` (the kept SAM ids, before any merge).
+        ``info``: ``num_masks`` (C), ``num_pixels`` (long scalars), ``phi [C]``, ``labels`` (the kept SAM ids).
     """
     if reduction not in ("pixel", "mask"):
         raise ValueError(f"reduction must be 'pixel' or 'mask', not {reduction!r}")
@@ -146,8 +141,8 @@ def contrastive_loss(
     big = counts > min_pixels
     info: Dict[str, torch.Tensor] = {}
     if not bool(big.any()):
-        info.update(num_masks=torch.tensor(0), merged=torch.tensor(0), num_pixels=torch.tensor(0),
-                    phi=features.new_zeros(0), labels=labels[:0])
+        info.update(num_masks=torch.tensor(0), num_pixels=torch.tensor(0), phi=features.new_zeros(0),
+                    labels=labels[:0])
         return features.new_zeros(()), info
 
     # re-index the kept masks 0..C-1 and drop pixels of small masks
@@ -158,10 +153,6 @@ def contrastive_loss(
     target = pix_mask[keep]
     fbar = unit_features(features[valid][keep])
     num_masks = int(big.sum())
-
-    merged = 0
-    if merge_cos > 0 and num_masks > 1:
-        target, num_masks, merged = merge_similar_masks(fbar, target, num_masks, merge_cos)
     mu, phi, _ = mask_prototypes(fbar, target, num_masks, temp_scale, temp_min, temp_max, temp_log_offset)
     logits = (fbar @ mu.T) / phi[None, :]  # [M', C]
     per_pixel = F.cross_entropy(logits, target, reduction="none")
@@ -170,29 +161,9 @@ def contrastive_loss(
     else:
         per_mask = per_pixel.new_zeros(num_masks).index_add(0, target, per_pixel)
         loss = (per_mask / torch.bincount(target, minlength=num_masks).to(per_pixel.dtype)).mean()
-    info.update(num_masks=torch.tensor(num_masks), merged=torch.tensor(merged),
-                num_pixels=torch.tensor(int(target.numel())), phi=phi, labels=labels[big])
+    info.update(num_masks=torch.tensor(num_masks), num_pixels=torch.tensor(int(target.numel())), phi=phi,
+                labels=labels[big])
     return loss, info
-
-
-@torch.no_grad()
-def merge_similar_masks(fbar: torch.Tensor, target: torch.Tensor, num_masks: int, min_cos: float
-                        ) -> Tuple[torch.Tensor, int, int]:
-    """Relabel masks whose unit mean features have cosine > ``min_cos`` (connected components of that graph).
-
-    Returns ``(target [M'] relabelled 0..C'-1, C', C - C')``.
-    """
-    mu = F.normalize(fbar.new_zeros(num_masks, fbar.shape[-1]).index_add(0, target, fbar), dim=-1)
-    adj = (mu @ mu.T) > min_cos
-    adj |= torch.eye(num_masks, dtype=torch.bool, device=adj.device)
-    comp = torch.arange(num_masks, device=adj.device)
-    for _ in range(num_masks):  # min-label propagation; C is tens, converges in a few rounds
-        new = torch.where(adj, comp[None, :], num_masks).min(dim=1).values
-        if torch.equal(new, comp):
-            break
-        comp = new
-    roots, comp = torch.unique(comp, return_inverse=True)
-    return comp[target], int(roots.numel()), num_masks - int(roots.numel())
 
 
 def norm_regulariser(features: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,6 @@ def area_aware_assignment(
     keep: Optional[torch.Tensor] = None,
     normalised: bool = False,
     max_ids: Optional[int] = None,
-    share_threshold: float = 0.0,
 ) -> Tuple[torch.Tensor, Dict[int, int]]:
     """Hungarian assignment of the view's SAM ids to codebook ids, and the per-pixel pseudo labels.
 
@@ -47,11 +46,6 @@ def area_aware_assignment(
         normalised: divide each row by the mask's (kept) pixel count (Panoptic Lifting's cost).
         max_ids: at most this many SAM ids (the smallest, after sorting) are matched; default and cap ``L``,
             since a one-to-one matching cannot place more than ``L`` masks.
-        share_threshold: [R] 0 = one-to-one (the paper). Otherwise, after the matching, a mask at least this
-            fraction of whose (kept) pixels already have the same argmax entry takes that entry, even when another
-            mask of the view holds it: an over-segmented object (SAM cut it in two) keeps its one code instead of
-            handing the fragment a second code, which the concentration loss would then pull onto the same
-            object. (A fraction, not a probability: the codebook's softmax over ``L`` raw dot products is flat.)
 
     Returns:
         ``pseudo_labels [P]`` long codebook id per pixel, ``-1`` where no label: void, dropped by ``keep``, or a
@@ -84,14 +78,6 @@ def area_aware_assignment(
 
     code_of_row = torch.full((labels.numel(),), -1, dtype=torch.long)
     code_of_row[torch.as_tensor(r, dtype=torch.long)] = torch.as_tensor(c, dtype=torch.long)
-    if share_threshold > 0:
-        votes = torch.zeros(labels.numel(), num_codes, dtype=torch.float64, device=probs.device)
-        votes.index_put_((rows, probs[in_set].argmax(-1)), torch.ones_like(rows, dtype=torch.float64), accumulate=True)
-        frac, best = (votes / votes.sum(1, keepdim=True).clamp_min(1)).cpu().max(dim=1)
-        share = frac >= share_threshold
-        code_of_row[share] = best[share]
-        r = np.nonzero((code_of_row >= 0).numpy())[0]
-        c = code_of_row[torch.as_tensor(r, dtype=torch.long)].numpy()
     code_of_row = code_of_row.to(mask_ids.device)
     pseudo[in_set] = code_of_row[rows]
     mapping = {int(labels[i]): int(k) for i, k in zip(np.asarray(r).tolist(), np.asarray(c).tolist())}
