@@ -42,7 +42,7 @@ def speed(run_dir: Path, repeats: int = 5) -> dict:
     _, pipeline, _, _ = eval_setup(run_dir / "config.yml", test_mode="test")
     model = pipeline.model
     camera, _ = next(iter(pipeline.datamanager.fixed_indices_eval_dataloader))
-    out = {"gaussians": int(model.gauss_params["means"].shape[0]), "feature_dim": int(model.config.feature_dim)}
+    out = {"gaussians": int(model.gauss_params["means"].shape[0]), "feature_dim": int(model.feature_dim)}
     for name, labels in (("render_fps", []), ("query_fps", list(model.eval_labels))):
         model.query_field.set_labels(labels)
         model.query_field.set_queries([])

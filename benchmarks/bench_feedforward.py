@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import platform
 import time
@@ -86,11 +85,6 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, default=None)
     ap.add_argument("--lift-row", type=int, default=1,
                     help="1: also score the base model with its semantic head zeroed (context cues lifted on its geometry)")
-    ap.add_argument("--gate-row", type=float, default=0.1,
-                    help="> 0: also score the base model with the photometric view gate (EvalConfig.view_gate) at this value")
-    ap.add_argument("--vote-row", type=float, default=0.05,
-                    help=">= 0: also score the base model with EvalConfig.semantic_fusion='view_vote' at this vote_tau "
-                         "(< 0: no row)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "feedforward.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -113,36 +107,28 @@ def main() -> None:
         cfg.schedule.steps = args.steps
         cfg.egd.enabled = "egd" in name
         cfg.mtc.enabled = "mtc" in name
-        cfg.evaluation = ev
         log(f"[{name}] training {args.steps} steps on {len(train_scenes)} scenes")
         model, train_s = train(cfg, train_scenes, args.steps, cfg.seed, log)
         t1 = time.perf_counter()
         res = evaluate_scenes(model, test_scenes, ev, encoder, const_depth, log=log)
         runs[name] = {"train_s": train_s, "train_s_per_step": train_s / args.steps,
                       "eval_s": time.perf_counter() - t1, "results": res,
-                      "egd": vars(cfg.egd) | {"apply_to": list(cfg.egd.apply_to)}, "mtc": vars(cfg.mtc)}
+                      "egd": vars(cfg.egd), "mtc": vars(cfg.mtc)}
         if name != "base":
             continue
 
-        def extra_row(label: str, row_model, row_ev: EvalConfig, **meta) -> None:
+        def extra_row(label: str, row_model, row_ev: EvalConfig) -> None:
             """Score the trained base model once more under another evaluation setting (no new training)."""
             log(f"[{label}]")
             t1 = time.perf_counter()
             res = evaluate_scenes(row_model, test_scenes, row_ev, encoder, const_depth, log=log)
             runs[label] = {"train_s": train_s, "train_s_per_step": train_s / args.steps,
-                           "eval_s": time.perf_counter() - t1, "results": res, "extra_eval": True, **meta}
+                           "eval_s": time.perf_counter() - t1, "results": res, "extra_eval": True}
 
         if args.lift_row:
             lifted = copy.deepcopy(model)
             lifted.drop_semantic_head()  # the context views' cues splatted on the model's geometry
             extra_row("base, lifted cue only", lifted, ev)
-        if args.gate_row > 0:
-            extra_row(f"base + view gate {args.gate_row:g}", model, dataclasses.replace(ev, view_gate=args.gate_row),
-                      view_gate=args.gate_row)
-        if args.vote_row >= 0:
-            extra_row(f"base + view vote {args.vote_row:g}", model,
-                      dataclasses.replace(ev, semantic_fusion="view_vote", vote_tau=args.vote_row),
-                      vote_tau=args.vote_row)
     out = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                     "threads": args.threads, "cuda": torch.cuda.is_available()},
@@ -204,12 +190,7 @@ def snippet(out: dict) -> str:
     lines.append("")
     if "base, lifted cue only" in out["runs"]:
         lines.append("'base, lifted cue only' is the trained base model with its head's semantic channels zeroed: the "
-                     "context views' cues splatted on the model's own geometry and rendered at the target. "
-                     "'base + view gate' is the same trained base model rendered at the target from only the context "
-                     "views whose own render matches the target image photometrically (EvalConfig.view_gate, [R]). "
-                     "'base + view vote' renders each context view's Gaussians alone at the target and averages their "
-                     "normalised semantics with per-pixel weight alpha * exp(-|rgb - target image| / tau) "
-                     "(EvalConfig.semantic_fusion, [R]); RGB and depth are the composite render's.")
+                     "context views' cues splatted on the model's own geometry and rendered at the target.")
         lines.append("")
     if out["eval"]["targets_per_scene"] == 1:
         lines.append("The targets are the same frame for every V here (1 target per scene), so the baselines repeat.")

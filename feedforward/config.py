@@ -6,7 +6,7 @@ implementation"); [C] a value from Uni3R/LSM/DUSt3R code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, Tuple
 
 
@@ -118,7 +118,8 @@ class LossConfig:
 
 @dataclass
 class EGDConfig:
-    """Error-aware Gaussian dropout (docs/methods/unisem_feedforward.md, step 6; every constant [R])."""
+    """Error-aware Gaussian dropout (docs/methods/unisem_feedforward.md, step 6; every constant [R]). The kept set
+    is used by the iteration's one training render, so RGB, feature and depth all see the dropout."""
 
     enabled: bool = False
     """Turn EGD on."""
@@ -132,8 +133,6 @@ class EGDConfig:
     """r(t) ramps linearly 0 -> r_max over this fraction of training ("progressive")."""
     ranking: Literal["per_view", "global"] = "per_view"
     """Rank errors within each context view, or over all Gaussians."""
-    apply_to: Tuple[str, ...] = ("rgb", "feature", "depth")
-    """Which training renders use the dropped set (one pass renders all three, so listing any applies it)."""
 
 
 @dataclass
@@ -158,8 +157,6 @@ class MTCConfig:
     """Relative depth tolerance of the visibility test when a lifted mask is projected into another view."""
     min_mask_pixels: int = 8
     """Prompted or projected masks smaller than this are skipped."""
-    pseudo_target: bool = False
-    """Inside the prompted mask, supervise with normalise((1 - a) cue + a sg(P_3D)) ("emergent 3D priors")."""
     prompter: Literal["simulator", "sam"] = "simulator"
     """Mask of a point prompt: the simulated SAM mask under the point (synthetic) or point-prompted SAM (real)."""
     sam_checkpoint: str = ""
@@ -206,23 +203,6 @@ class EvalConfig:
     """Depth alignment before AbsRel/delta (Uni3R: per-image trimmed least squares scale+shift)."""
     depth_cap: float = 10.0
     """GT depth above this is ignored [C: Uni3R 10 m]."""
-    view_gate: float = 0.0
-    """[R] Photometric view gate at the target (0 = off, Uni3R has none): after pose alignment, render each
-    context view's Gaussians alone at the aligned target pose and keep only the views whose mean L1 to the
-    target image (over pixels they cover) is within (1 + view_gate) x the best view's; the target image is the
-    one pose alignment already uses. Far context views, whose points the CPU-scale model misplaces (median error
-    0.8 m for view 1 growing to 2 m for view 8 of an 8-view set), otherwise paint wrong labels over the target."""
-    view_gate_min_pixels: int = 64
-    """A view covering fewer target pixels (alpha > 0.5) than this is dropped by the gate."""
-    semantic_fusion: Literal["composite", "view_vote"] = "composite"
-    """[R] How the context views' semantics meet at the target. 'composite' (Uni3R): one render of all views'
-    Gaussians, so the front-most splat decides each pixel. 'view_vote': each view's Gaussians rendered alone at
-    the aligned target pose, their expanded features normalised and averaged with per-pixel weight
-    alpha_k * exp(-|rgb_k - I| / vote_tau) (I = the target image pose alignment already uses), so every view
-    that sees the surface votes and a view whose splats land in the wrong place loses its vote there. RGB and
-    depth stay the composite render's."""
-    vote_tau: float = 0.05
-    """[R] Photometric temperature of 'view_vote' (mean absolute RGB error, images in [0, 1]); 0 = alpha only."""
 
 
 @dataclass
@@ -234,9 +214,5 @@ class FeedForwardConfig:
     egd: EGDConfig = field(default_factory=EGDConfig)
     mtc: MTCConfig = field(default_factory=MTCConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    evaluation: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     """Sampling seed."""
-
-    def with_(self, **kw) -> "FeedForwardConfig":
-        return replace(self, **kw)

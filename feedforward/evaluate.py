@@ -81,15 +81,10 @@ def evaluate_view_set(model: UniSemPredictor, vs: ViewSet, cfg: EvalConfig, labe
         with torch.enable_grad():
             vm, l1_before, l1_after = align_pose(render_rgb, vs.viewmats[t], image, cfg.pose_align_steps, cfg.pose_align_lr)
         with torch.no_grad():
-            vote = cfg.semantic_fusion == "view_vote"  # semantics from per-view renders instead of the composite
-            # the gate's per-view renders carry features when the vote will reuse them
-            gt_used, keep, views = gate_views(g, vs.n_context, vm, K, image, cfg, pc.sh_degree, with_features=vote)
-            kept = len(keep)
-            vote = vote and kept > 1
-            r = render_gaussians(gt_used, vm[None], K, w, h, pc.sh_degree, with_features=not vote)
+            r = render_gaussians(g, vm[None], K, w, h, pc.sh_degree, with_features=True)
             gt_d = _capped(vs.depths[t], cfg.depth_cap)
             depth = r["depth"][0, ..., 0]
-            rec: Dict = {"scene": vs.scene, "target": vs.indices[t], "predict_s": t_pred, "views_kept": kept,
+            rec: Dict = {"scene": vs.scene, "target": vs.indices[t], "predict_s": t_pred, "views_kept": vs.n_context,
                          "pose_l1_before": l1_before, "pose_l1_after": l1_after}
             rec["depth"] = depth_metrics(depth, gt_d, cfg.depth_thresholds, align=cfg.depth_align)
             rec["depth_const"] = depth_metrics(torch.full_like(depth, const_depth), gt_d, cfg.depth_thresholds,
@@ -97,11 +92,7 @@ def evaluate_view_set(model: UniSemPredictor, vs: ViewSet, cfg: EvalConfig, labe
             mse = ((r["rgb"][0] - image) ** 2).mean()
             rec["psnr"] = float(-10 * torch.log10(mse.clamp_min(1e-10)))
             if label_embeds is not None and vs.semantic is not None:
-                if vote:
-                    feats = view_vote_features(model, gt_used, kept, vm, K, image, cfg.vote_tau, pc.sh_degree,
-                                               None if views is None else [views[k] for k in keep])
-                else:
-                    feats = model.expand_features(r["feature"])[0]
+                feats = model.expand_features(r["feature"])[0]
                 if feats.shape[:2] != (h, w):
                     feats = F.interpolate(feats.permute(2, 0, 1)[None], size=(h, w), mode="bilinear",
                                           align_corners=False)[0].permute(1, 2, 0)
@@ -111,69 +102,6 @@ def evaluate_view_set(model: UniSemPredictor, vs: ViewSet, cfg: EvalConfig, labe
                     rec["raw_cue"] = raw_cue_labels(vs.cue_seg[t], vs.cue_feats, label_embeds)
         out.append(rec)
     return out
-
-
-def view_block(g: Dict[str, Tensor], n_views: int, k: int) -> Dict[str, Tensor]:
-    """View ``k``'s Gaussians of ``g`` (``n_views`` equal blocks [N / n_views, ...], the predictor's layout)."""
-    per = g["means"].shape[0] // n_views
-    return {key: x[k * per:(k + 1) * per] for key, x in g.items()}
-
-
-def render_views(g: Dict[str, Tensor], n_views: int, viewmat: Tensor, K: Tensor, width: int, height: int,
-                 sh_degree: int = 0, with_features: bool = False) -> List[Dict[str, Tensor]]:
-    """Each view's Gaussians of ``g`` (``n_views`` blocks) rendered alone at ``viewmat`` [4, 4] / ``K`` [1, 3, 3]."""
-    return [render_gaussians(view_block(g, n_views, k), viewmat[None], K, width, height, sh_degree,
-                             with_features=with_features) for k in range(n_views)]
-
-
-def gate_views(g: Dict[str, Tensor], n_context: int, viewmat: Tensor, K: Tensor, image: Tensor, cfg: EvalConfig,
-               sh_degree: int = 0, with_features: bool = False):
-    """:attr:`EvalConfig.view_gate`: the Gaussians of the context views whose own render at the target pose is
-    photometrically close to the best view's, the kept view indices, and every view's own render at the target
-    (:func:`render_views`, with features if ``with_features``; None when the gate is off). Identity when off."""
-    if cfg.view_gate <= 0 or n_context <= 1:
-        return g, list(range(n_context)), None
-    h, w = image.shape[:2]
-    per = g["means"].shape[0] // n_context
-    renders = render_views(g, n_context, viewmat, K, w, h, sh_degree, with_features=with_features)
-    errs = []
-    for rk in renders:
-        covered = rk["alpha"][0, ..., 0] > 0.5
-        if int(covered.sum()) < cfg.view_gate_min_pixels:
-            errs.append(float("inf"))
-            continue
-        errs.append(float((rk["rgb"][0] - image).abs().mean(-1)[covered].mean()))
-    best = min(errs)
-    keep = [k for k, e in enumerate(errs) if e <= best * (1 + cfg.view_gate)] or [int(np.argmin(errs))]
-    idx = torch.cat([torch.arange(k * per, (k + 1) * per, device=g["means"].device) for k in keep])
-    return {key: x.index_select(0, idx) for key, x in g.items()}, keep, renders
-
-
-def view_vote_features(model: UniSemPredictor, g: Dict[str, Tensor], n_views: int, viewmat: Tensor, K: Tensor,
-                       image: Tensor, tau: float, sh_degree: int = 0,
-                       renders: Optional[List[Dict[str, Tensor]]] = None) -> Tensor:
-    """:attr:`EvalConfig.semantic_fusion` 'view_vote': cue-space features [H', W', cue_dim] at the target.
-
-    ``g`` holds ``n_views`` equal blocks of Gaussians (one per context view, the predictor's layout); each block
-    is rendered alone at ``viewmat`` [4, 4] / ``K`` [1, 3, 3], its expanded feature normalised, and the blocks
-    averaged with per-pixel weight ``alpha_k * exp(-mean|rgb_k - image| / tau)`` (``image`` [H, W, 3]).
-    ``renders``: those per-view renders with features, if already made (:func:`render_views`).
-    """
-    h, w = image.shape[:2]
-    if renders is None:
-        renders = render_views(g, n_views, viewmat, K, w, h, sh_degree, with_features=True)
-    num, den = 0.0, 0.0
-    for rk in renders:
-        weight = rk["alpha"][0]  # [H, W, 1]
-        if tau > 0:
-            weight = weight * torch.exp(-(rk["rgb"][0] - image).abs().mean(-1, keepdim=True) / tau)
-        feat = F.normalize(model.expand_features(rk["feature"])[0], dim=-1)
-        if feat.shape[:2] != (h, w):
-            weight = F.interpolate(weight.permute(2, 0, 1)[None], size=feat.shape[:2], mode="bilinear",
-                                   align_corners=False)[0].permute(1, 2, 0)
-        num = num + weight * feat
-        den = den + weight
-    return num / den.clamp_min(1e-8)
 
 
 def _mean(xs: List[float]) -> float:

@@ -225,8 +225,7 @@ class FeedForwardModel(SplatfactoModel):
                         f"(shape), {len(report['unexpected'])} (unknown)")
         self.step = 0
         self.total_steps = cfg.total_steps
-        self.ff_config = FeedForwardConfig(predictor=cfg.predictor, loss=cfg.loss, egd=cfg.egd, mtc=cfg.mtc,
-                                           evaluation=cfg.evaluation)
+        self.ff_config = FeedForwardConfig(predictor=cfg.predictor, loss=cfg.loss, egd=cfg.egd, mtc=cfg.mtc)
         self.background_color = torch.zeros(3) if cfg.background_color == "black" else torch.ones(3)
         self.crop_box = None
         self._display: Optional[ViewSet] = None

@@ -81,6 +81,8 @@ def test_no_ae_ablation_renders_full_dim_features(econ_scene, tmp_path):
     assert len(list((econ_scene / "econsg").glob("d*-noae-*/manifest.json"))) == 1
     import torch
 
+    import unisem_ns.ns.checkpoints  # noqa: F401  (allow-list for weights_only loads)
+
     ckpt = sorted((run / "nerfstudio_models").glob("*.ckpt"))[-1]
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["pipeline"]
     assert state["_model.gauss_params.features_sem"].shape[1] == 384

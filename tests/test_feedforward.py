@@ -531,31 +531,6 @@ def test_nn_distance_min_does_not_cross_depth_edges():
     assert mn[:, 7].max() < 1.01 * spacing
 
 
-def test_view_gate_keeps_the_photometrically_consistent_view():
-    """EvalConfig.view_gate: of two context views covering the target, the one whose colours disagree with the
-    target image is dropped; with the gate off every view is kept."""
-    from feedforward.evaluate import gate_views
-    from feedforward.heads import rgb_to_sh
-
-    torch.manual_seed(0)
-    h, w = 12, 16
-    K = _K(w, h, 12.0)
-    pts = unproject_depth(torch.full((h, w), 2.0), K, torch.eye(4)).reshape(-1, 3)
-    n = h * w
-    col = torch.rand(n, 3)
-    view = lambda c: {"means": pts, "quats": torch.tensor([1.0, 0, 0, 0]).expand(n, 4),  # noqa: E731
-                      "scales": torch.full((n, 3), 0.08), "opacities": torch.full((n,), 0.95),
-                      "sh": rgb_to_sh(c)[:, None], "sem": torch.zeros(n, 2)}
-    good, bad = view(col), view(1 - col)
-    image = render_gaussians(good, torch.eye(4)[None], K[None], w, h, 0, with_features=False)["rgb"][0]
-    both = {k: torch.cat([bad[k], good[k]]) for k in good}
-    gate = EvalConfig(view_gate=0.1, view_gate_min_pixels=8)
-    kept, k, renders = gate_views(both, 2, torch.eye(4), K[None], image, gate)
-    assert k == [1] and torch.equal(kept["sh"], good["sh"]) and len(renders) == 2
-    same, k, renders = gate_views(both, 2, torch.eye(4), K[None], image, EvalConfig(view_gate=0.0))
-    assert k == [0, 1] and same["sh"].shape[0] == 2 * n and renders is None
-
-
 def test_semantic_loss_is_taken_on_target_views_only(ff_corpus):
     """LossConfig.semantic_views='targets': the context views (whose cues are inputs) are still rendered for the
     photometric loss but not scored semantically; the loss equals the one of a run that renders only the targets,
@@ -578,39 +553,3 @@ def test_semantic_loss_is_taken_on_target_views_only(ff_corpus):
     targets = sem("targets", True)
     assert torch.allclose(targets, sem("all", False), atol=1e-6)
     assert not torch.allclose(targets, sem("all", True), atol=1e-4)
-
-
-def test_view_vote_follows_the_photometrically_consistent_view():
-    """EvalConfig.semantic_fusion='view_vote': where two views cover the target with different semantics, the one
-    whose colours match the target image decides (tau > 0); with tau = 0 both count by alpha alone."""
-    from feedforward.evaluate import view_vote_features
-    from feedforward.heads import rgb_to_sh
-
-    torch.manual_seed(0)
-    model = UniSemPredictor(TINY)
-    h, w = 12, 16
-    K = _K(w, h, 12.0)
-    pts = unproject_depth(torch.full((h, w), 2.0), K, torch.eye(4)).reshape(-1, 3)
-    n = h * w
-    col = 0.3 * torch.rand(n, 3)  # the other view's 1 - col is >= 0.4 away everywhere
-    lat_a, lat_b = torch.randn(TINY.sem_dim), torch.randn(TINY.sem_dim)
-    view = lambda c, lat: {"means": pts, "quats": torch.tensor([1.0, 0, 0, 0]).expand(n, 4),  # noqa: E731
-                           "scales": torch.full((n, 3), 0.08), "opacities": torch.full((n,), 0.95),
-                           "sh": rgb_to_sh(c)[:, None], "sem": lat.expand(n, -1)}
-    good, bad = view(col, lat_a), view(1 - col, lat_b)
-    image = render_gaussians(good, torch.eye(4)[None], K[None], w, h, 0, with_features=False)["rgb"][0]
-    both = {k: torch.cat([bad[k], good[k]]) for k in good}
-    ea, eb = (torch.nn.functional.normalize(model.expand_latents(x), dim=-1) for x in (lat_a, lat_b))
-    centre = (slice(3, 9), slice(4, 12))
-    voted = torch.nn.functional.normalize(
-        view_vote_features(model, both, 2, torch.eye(4), K[None], image, tau=0.05)[centre], dim=-1)
-    assert (voted @ ea).min() > 0.99 and (voted @ eb).max() < (voted @ ea).min()
-    # renders made once (the gate's, when both are on) give the same vote
-    from feedforward.evaluate import render_views
-
-    renders = render_views(both, 2, torch.eye(4), K[None], w, h, 0, with_features=True)
-    assert torch.equal(view_vote_features(model, both, 2, torch.eye(4), K[None], image, 0.05, 0, renders),
-                       view_vote_features(model, both, 2, torch.eye(4), K[None], image, tau=0.05))
-    plain = view_vote_features(model, both, 2, torch.eye(4), K[None], image, tau=0.0)[centre]
-    mid = torch.nn.functional.normalize(ea + eb, dim=-1)
-    assert torch.allclose(torch.nn.functional.normalize(plain, dim=-1), mid.expand_as(plain), atol=1e-3)

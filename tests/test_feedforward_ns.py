@@ -100,6 +100,8 @@ def test_ddp_two_processes_gloo_cpu(corpus, tmp_path):
     assert ckpts, proc.stdout[-2000:]
     import torch
 
+    import unisem_ns.ns.checkpoints  # noqa: F401  (allow-list for weights_only loads)
+
     state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
     # DDP wraps the model: keys carry the 'module.' prefix of the gloo-synchronised model
     assert any(k.startswith("_model.module.predictor.") for k in state["pipeline"])

@@ -30,7 +30,7 @@ from unisem_ns.econsg.prepare import EconSGCache, EconSGPrepConfig, default_out,
 from unisem_ns.ns.data import UnisemCueDatamanagerConfig, UnisemDataset
 from unisem_ns.ns.dataparser import exit_on_input_error
 from unisem_ns.ns.semantic import SemanticEvalMixin
-from unisem_ns.ns.splat_model import UnisemSplatModel, UnisemSplatModelConfig
+from unisem_ns.ns.splat_model import UnisemSplatBaseConfig, UnisemSplatModel
 
 # ------------------------------------------------------------------------------------------------- data needs
 
@@ -126,8 +126,9 @@ def rendered_depth_provider(config_path: Path, outputs) -> Callable[[str], np.nd
 
 
 @dataclass
-class EconSGModelConfig(UnisemSplatModelConfig):
-    """Semantic Gaussians with a low-dim latent from econSG's autoencoder."""
+class EconSGModelConfig(UnisemSplatBaseConfig):
+    """Semantic Gaussians with a low-dim latent from econSG's autoencoder (its width d is the prepared cache's,
+    set by ``--pipeline.datamanager.prep.ae.latent-dim``; there is no ``feature_dim`` setting)."""
 
     _target: Type = field(default_factory=lambda: EconSGModel)
     lambda_sem: float = 20.0
@@ -152,11 +153,16 @@ class EconSGModel(SemanticEvalMixin, UnisemSplatModel):
     config: EconSGModelConfig
     method_name = "econsg"
 
+    @property
+    def feature_dim(self) -> int:
+        """Width d of the rendered latent: the prepared cache's (its text latents' width), set in populate_modules."""
+        return self.latent_dim
+
     def populate_modules(self):
         metadata = self.kwargs["metadata"]
         cache: EconSGCache = metadata["econsg_cache"]
         text_latents = torch.as_tensor(cache.text_latents(), dtype=torch.float32)
-        self.config.feature_dim = int(text_latents.shape[1])
+        self.latent_dim = int(text_latents.shape[1])
         points = cache.load_points() if self.config.latent_init else None
         if points is not None and len(points["xyz"]) > self.config.max_init_points:
             keep = np.random.default_rng(0).choice(len(points["xyz"]), self.config.max_init_points, replace=False)

@@ -29,13 +29,11 @@ from unisem_ns.ns.dataparser import exit_on_input_error
 from unisem_ns.render import rasterization, sh_colors_split
 
 @dataclass
-class UnisemSplatModelConfig(SplatfactoModelConfig):
-    """Splatfacto on ``unisem_ns.render`` (gsplat on CUDA, compiled tile kernels on CPU)."""
+class UnisemSplatBaseConfig(SplatfactoModelConfig):
+    """Splatfacto on ``unisem_ns.render`` (gsplat on CUDA, compiled tile kernels on CPU), without the feature width:
+    :class:`UnisemSplatModelConfig` adds it; econSG takes its width from its prepared cache instead."""
 
     _target: Type = field(default_factory=lambda: UnisemSplatModel)
-    feature_dim: int = 16
-    """Width of the per-Gaussian feature rendered next to RGB (0 disables it). Semantic methods supervise it;
-    the base method only renders it (PCA-coloured as 'features' in the viewer)."""
     render_backend: Literal["auto", "gsplat", "numba", "torch"] = "auto"
     """'auto' uses gsplat for CUDA tensors, the compiled CPU kernels (numba) for CPU tensors and the sparse
     PyTorch backend on other devices; 'torch' forces the PyTorch reference."""
@@ -52,11 +50,27 @@ class UnisemSplatModelConfig(SplatfactoModelConfig):
     (Splatfacto and the papers train on RGB only)."""
 
 
+@dataclass
+class UnisemSplatModelConfig(UnisemSplatBaseConfig):
+    """Splatfacto on ``unisem_ns.render`` (gsplat on CUDA, compiled tile kernels on CPU)."""
+
+    _target: Type = field(default_factory=lambda: UnisemSplatModel)
+    feature_dim: int = 16
+    """Width of the per-Gaussian feature rendered next to RGB (0 disables it). Semantic methods supervise it;
+    the base method only renders it (PCA-coloured as 'features' in the viewer)."""
+
+
 class UnisemSplatModel(SplatfactoModel):
     """Splatfacto whose parameters, rendering and metrics work on any device."""
 
     config: UnisemSplatModelConfig
     method_name = "unisem-splat"
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the per-Gaussian feature rendered next to RGB (0 = none): ``config.feature_dim`` here; a
+        subclass whose width is not a setting (econSG: its cache's latent width) overrides this."""
+        return self.config.feature_dim
 
     def populate_modules(self):
         # Model.device does not exist yet inside populate_modules; nerfstudio passes it in kwargs.
@@ -85,9 +99,9 @@ class UnisemSplatModel(SplatfactoModel):
             "features_rest": shs[:, 1:].clone(),
             "opacities": torch.logit(0.1 * torch.ones(n, 1)),
         }
-        if cfg.feature_dim > 0:
+        if self.feature_dim > 0:
             # Small random features so the PCA view is not degenerate before any supervision.
-            params["features_sem"] = 0.01 * torch.randn(n, cfg.feature_dim)
+            params["features_sem"] = 0.01 * torch.randn(n, self.feature_dim)
         self.gauss_params = torch.nn.ParameterDict({k: Parameter(v) for k, v in params.items()})
 
         self.camera_optimizer = cfg.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
@@ -272,7 +286,7 @@ class UnisemSplatModel(SplatfactoModel):
         else:
             outputs["depth"] = None
         if "features_sem" in params:
-            outputs["features"] = render[..., 3 : 3 + self.config.feature_dim].squeeze(0)
+            outputs["features"] = render[..., 3 : 3 + self.feature_dim].squeeze(0)
         return outputs
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
@@ -288,8 +302,8 @@ class UnisemSplatModel(SplatfactoModel):
 
     def _empty_outputs(self, width: int, height: int) -> Dict[str, torch.Tensor]:
         out = self.get_empty_outputs(width, height, self.background_color.to(self.device))
-        if self.config.feature_dim > 0:
-            out["features"] = torch.zeros(height, width, self.config.feature_dim, device=self.device)
+        if self.feature_dim > 0:
+            out["features"] = torch.zeros(height, width, self.feature_dim, device=self.device)
         return out
 
     # ----------------------------------------------------------------------------------- metrics
