@@ -14,20 +14,42 @@ Segments
       (ground truth) or unassigned (prediction). When ``things`` is given, every other category is *stuff*: its
       instance ids are dropped (one segment per stuff category), as in panopticapi / torchmetrics.
 
-Matching and counting (COCO panopticapi ``pq_compute`` convention, without crowd regions)
+Two protocols (``protocol=``) decide what happens next.
+
+``"coco"`` (default; COCO panopticapi ``pq_compute`` convention, without crowd regions)
     * IoU(g, p) = |g ∩ p| / (|g| + |p| - |g ∩ p| - |p ∩ void|): predicted pixels on ground-truth void are left
       out of the union. A pair matches when IoU > 0.5 (unique by construction).
     * TP: matched pairs; FN: unmatched ground-truth segments; FP: unmatched predicted segments, except those
       with more than half of their area on ground-truth void (``|p ∩ void| / |p| > 0.5``), which are ignored.
     * ``void="drop"`` instead removes ground-truth-void pixels before anything is counted (what Panoptic
       Lifting's ``calculate_panoptic_quality_folders`` does with ``valid_mask``): a predicted segment is then
-      only its non-void part and is an FP whenever it has one. (Panoptic Lifting also drops categories covering
-      < 0.5 % of the pixels; we do not.)
+      only its non-void part and is an FP whenever it has one.
+    * Categories with TP+FP+FN > 0 enter the means.
 
-Scores, per category c with TP+FP+FN > 0:
-    ``SQ_c = sum IoU / TP`` (0 when TP = 0), ``RQ_c = TP / (TP + FP/2 + FN/2)``, ``PQ_c = SQ_c * RQ_c``.
-    Reported PQ/SQ/RQ are the means over those categories (so PQ = SQ * RQ exactly in class-agnostic mode, and
-    per category otherwise). ``*_things`` / ``*_stuff`` average over the thing / stuff categories only.
+``"panoptic_lifting"`` (category-aware only; ``util/panoptic_quality.py`` of Panoptic Lifting, which Contrastive
+Lift reuses unchanged, called on the pooled test frames by ``calculate_panoptic_quality_folders``)
+    * Ground-truth ``ignore_index`` pixels are dropped first (``void`` defaults to ``"drop"`` here, as the
+      reference's ``valid_mask``); ``void="coco"`` keeps them as ground-truth void instead.
+    * Rare categories: a category whose pooled pixel count is below ``min_category_fraction`` (default 0.005)
+      of all pooled pixels in the prediction *or* in the ground truth is removed from the category set, and the
+      reference then voids that category's pixels in *both* maps (not only in the map where it is rare). The
+      fraction's denominator is every pooled pixel (void ones included) left after the drop.
+    * void now exists on both sides: ground-truth void (``ignore_index`` when kept, rare categories) and
+      predicted void (``ignore_index``, rare categories). IoU(g, p) = |g ∩ p| / (|g ∪ p| - |p ∩ gt void| -
+      |g ∩ pred void|); match when IoU > 0.5.
+    * FN: unmatched ground-truth segments, except those with more than half of their pixels predicted void;
+      FP: unmatched predicted segments, except those with more than half of their pixels on ground-truth void.
+    * The means run over every category that appears (outside void) in either map after the rare categories
+      are voided - also one whose segments were all ignored (TP+FP+FN = 0, scored 0), as the reference does.
+    * Not reproduced: the reference treats predicted category 0 (its GT-void label) as an ordinary stuff
+      category; here predicted ``ignore_index`` pixels are void. For bit-exact numbers drop the ground-truth
+      void pixels yourself (maps may be any shape, e.g. [1, N]) and pass ``ignore_index=None``.
+
+Scores, per category c:
+    ``SQ_c = sum IoU / TP`` (0 when TP = 0), ``RQ_c = TP / (TP + FP/2 + FN/2)`` (0 when that is 0),
+    ``PQ_c = SQ_c * RQ_c``. Reported PQ/SQ/RQ are the means over the categories (so PQ = SQ * RQ exactly in
+    class-agnostic mode, and per category otherwise). ``*_things`` / ``*_stuff`` average over the thing / stuff
+    categories only.
 """
 
 from __future__ import annotations
@@ -70,8 +92,12 @@ class PanopticAccumulator:
         ignore_index: category-aware mode: semantic label marking void (gt) / unassigned (pred) pixels.
         things: category-aware mode: thing category ids; all others are stuff (instance ids dropped). None:
             every category keeps its instance ids and no things/stuff split is reported.
-        void: "coco" (default) or "drop" (see the module docstring).
+        void: "coco" or "drop" (see the module docstring); None (default): "coco" under the coco protocol,
+            "drop" under the panoptic_lifting protocol.
         iou_threshold: matching threshold (> 0.5 required for unique matches; default 0.5, strict ``>``).
+        protocol: "coco" (default) or "panoptic_lifting" (category-aware only; see the module docstring).
+        min_category_fraction: panoptic_lifting only: categories below this fraction of the pooled pixels, in
+            the prediction or the ground truth, become void in both maps (None: 0.005; 0 turns the rule off).
     """
 
     def __init__(
@@ -80,11 +106,23 @@ class PanopticAccumulator:
         pred_void_id: Optional[int] = None,
         ignore_index: Optional[int] = None,
         things: Optional[Collection[int]] = None,
-        void: Literal["coco", "drop"] = "coco",
+        void: Optional[Literal["coco", "drop"]] = None,
         iou_threshold: float = 0.5,
+        protocol: Literal["coco", "panoptic_lifting"] = "coco",
+        min_category_fraction: Optional[float] = None,
     ) -> None:
+        if protocol not in ("coco", "panoptic_lifting"):
+            raise ValueError(f"protocol must be 'coco' or 'panoptic_lifting', got {protocol!r}")
+        if void is None:
+            void = "drop" if protocol == "panoptic_lifting" else "coco"
         if void not in ("coco", "drop"):
             raise ValueError(f"void must be 'coco' or 'drop', got {void!r}")
+        if min_category_fraction is not None and protocol != "panoptic_lifting":
+            raise ValueError("min_category_fraction only applies to protocol='panoptic_lifting'")
+        if min_category_fraction is None:
+            min_category_fraction = 0.005
+        if not 0.0 <= min_category_fraction <= 1.0:
+            raise ValueError(f"min_category_fraction must be in [0, 1], got {min_category_fraction}")
         if iou_threshold < 0.5:
             raise ValueError("iou_threshold must be >= 0.5 so that each segment matches at most once")
         self.void_id = void_id
@@ -93,6 +131,8 @@ class PanopticAccumulator:
         self.things = None if things is None else {int(t) for t in things}
         self.void = void
         self.iou_threshold = float(iou_threshold)
+        self.protocol = protocol
+        self.min_category_fraction = float(min_category_fraction)
         self.category_aware: Optional[bool] = None
         self.pairs: Dict[Tuple[Optional[Segment], Optional[Segment]], int] = defaultdict(int)
 
@@ -111,6 +151,8 @@ class PanopticAccumulator:
         if (pred_semantics is None) != (gt_semantics is None):
             raise ValueError("give both pred_semantics and gt_semantics, or neither")
         aware = gt_semantics is not None
+        if not aware and self.protocol == "panoptic_lifting":
+            raise ValueError("protocol='panoptic_lifting' needs pred_semantics and gt_semantics")
         if self.category_aware is None:
             self.category_aware = aware
         elif self.category_aware != aware:
@@ -154,48 +196,64 @@ class PanopticAccumulator:
         Returns:
             ``pq``, ``sq``, ``rq`` (means over categories), ``tp``, ``fp``, ``fn`` (totals, as floats),
             ``num_categories``; with ``things`` in category-aware mode also ``pq_things``, ``sq_things``,
-            ``rq_things``, ``pq_stuff``, ``sq_stuff``, ``rq_stuff`` (NaN when the group is empty); with
-            ``per_category=True`` also ``per_category``: {category: {"pq", "sq", "rq", "tp", "fp", "fn"}}.
+            ``rq_things``, ``pq_stuff``, ``sq_stuff``, ``rq_stuff`` (NaN when the group is empty); under the
+            panoptic_lifting protocol also ``num_rare_categories``; with ``per_category=True`` also
+            ``per_category``: {category: {"pq", "sq", "rq", "tp", "fp", "fn"}} (and, under panoptic_lifting,
+            ``rare_categories``: the sorted list of categories turned into void).
         """
+        lifting = self.protocol == "panoptic_lifting"
+        pairs: Dict[Tuple[Optional[Segment], Optional[Segment]], int] = self.pairs
+        rare: List[int] = []
+        if lifting:
+            pairs, rare = self._void_rare_categories()
+
         gt_area: Dict[Segment, int] = defaultdict(int)
         pred_area: Dict[Segment, int] = defaultdict(int)
-        pred_on_void: Dict[Segment, int] = defaultdict(int)
-        for (g, p), n in self.pairs.items():
+        pred_on_void: Dict[Segment, int] = defaultdict(int)  # |p ∩ gt void|
+        gt_on_void: Dict[Segment, int] = defaultdict(int)  # |g ∩ pred void|
+        for (g, p), n in pairs.items():
             if g is not None:
                 gt_area[g] += n
+                if p is None:
+                    gt_on_void[g] += n
             if p is not None:
                 pred_area[p] += n
                 if g is None:
                     pred_on_void[p] += n
+        if not lifting:  # coco: predicted-void pixels stay in the union, and such gt segments are FNs
+            gt_on_void.clear()
 
         tp: Dict[int, int] = defaultdict(int)
         fp: Dict[int, int] = defaultdict(int)
         fn: Dict[int, int] = defaultdict(int)
         iou_sum: Dict[int, float] = defaultdict(float)
         matched_g, matched_p = set(), set()
-        for (g, p), inter in self.pairs.items():
+        for (g, p), inter in pairs.items():
             if g is None or p is None or g[0] != p[0]:
                 continue
-            union = gt_area[g] + pred_area[p] - inter - pred_on_void[p]
+            union = gt_area[g] + pred_area[p] - inter - pred_on_void[p] - gt_on_void[g]
             iou = inter / union
             if iou > self.iou_threshold:
                 tp[g[0]] += 1
                 iou_sum[g[0]] += iou
                 matched_g.add(g)
                 matched_p.add(p)
-        for g in gt_area:
-            if g not in matched_g:
+        for g, area in gt_area.items():
+            if g not in matched_g and gt_on_void[g] / area <= 0.5:
                 fn[g[0]] += 1
         for p, area in pred_area.items():
             if p not in matched_p and pred_on_void[p] / area <= 0.5:
                 fp[p[0]] += 1
 
-        cats = sorted(set(tp) | set(fp) | set(fn))
+        if lifting:  # the reference averages over every category present, even one with nothing counted
+            cats = sorted({g[0] for g in gt_area} | {p[0] for p in pred_area})
+        else:
+            cats = sorted(set(tp) | set(fp) | set(fn))
         per: Dict[int, Dict[str, float]] = {}
         for c in cats:
             denom = tp[c] + 0.5 * fp[c] + 0.5 * fn[c]
             sq = iou_sum[c] / tp[c] if tp[c] else 0.0
-            rq = tp[c] / denom
+            rq = tp[c] / denom if denom else 0.0
             per[c] = {"pq": sq * rq, "sq": sq, "rq": rq, "tp": float(tp[c]), "fp": float(fp[c]), "fn": float(fn[c])}
 
         def mean(key: str, subset: List[int]) -> float:
@@ -214,9 +272,40 @@ class PanopticAccumulator:
             for k in ("pq", "sq", "rq"):
                 out[f"{k}_things"] = mean(k, th)
                 out[f"{k}_stuff"] = mean(k, st)
+        if lifting:
+            out["num_rare_categories"] = float(len(rare))
         if per_category:
             out["per_category"] = per
+            if lifting:
+                out["rare_categories"] = rare
         return out
+
+    def _void_rare_categories(self) -> Tuple[Dict[Tuple[Optional[Segment], Optional[Segment]], int], List[int]]:
+        """Pair counts with rare categories' segments replaced by void (None) on both sides, and those categories.
+
+        Rare: pooled pixel count < ``min_category_fraction`` * all pooled pixels, in the prediction or in the
+        ground truth. Works on the pooled pair counts because the rule needs whole-scene category areas.
+        """
+        total = sum(self.pairs.values())
+        gt_cat: Dict[int, int] = defaultdict(int)
+        pred_cat: Dict[int, int] = defaultdict(int)
+        for (g, p), n in self.pairs.items():
+            if g is not None:
+                gt_cat[g[0]] += n
+            if p is not None:
+                pred_cat[p[0]] += n
+        f = self.min_category_fraction
+        rare = {c for area in (gt_cat, pred_cat) for c, n in area.items() if n / total < f}
+        if not rare:
+            return self.pairs, []
+
+        def keep(seg: Optional[Segment]) -> Optional[Segment]:
+            return None if seg is None or seg[0] in rare else seg
+
+        pairs: Dict[Tuple[Optional[Segment], Optional[Segment]], int] = defaultdict(int)
+        for (g, p), n in self.pairs.items():
+            pairs[(keep(g), keep(p))] += n
+        return pairs, sorted(rare)
 
 
 def panoptic_quality(
@@ -229,15 +318,18 @@ def panoptic_quality(
     pred_void_id: Optional[int] = None,
     ignore_index: Optional[int] = None,
     things: Optional[Collection[int]] = None,
-    void: Literal["coco", "drop"] = "coco",
+    void: Optional[Literal["coco", "drop"]] = None,
     per_category: bool = False,
+    protocol: Literal["coco", "panoptic_lifting"] = "coco",
+    min_category_fraction: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Scene-level PQ of lists of per-frame [H, W] maps (a single [H, W] map is one frame).
 
     Args:
         pred_instances / gt_instances: per-frame instance-id maps; ids must be consistent across frames.
         pred_semantics / gt_semantics: per-frame category maps (category-aware PQ), or None (class-agnostic).
-        void_id, pred_void_id, ignore_index, things, void: see :class:`PanopticAccumulator`.
+        void_id, pred_void_id, ignore_index, things, void, protocol, min_category_fraction: see
+            :class:`PanopticAccumulator`.
         per_category: include per-category results.
 
     Returns:
@@ -259,7 +351,13 @@ def panoptic_quality(
     if gt_semantics is not None and not (len(ps) == len(gs) == len(gi)):
         raise ValueError("semantic maps must come one per frame")
     acc = PanopticAccumulator(
-        void_id=void_id, pred_void_id=pred_void_id, ignore_index=ignore_index, things=things, void=void
+        void_id=void_id,
+        pred_void_id=pred_void_id,
+        ignore_index=ignore_index,
+        things=things,
+        void=void,
+        protocol=protocol,
+        min_category_fraction=min_category_fraction,
     )
     for k in range(len(gi)):
         if gt_semantics is None:
