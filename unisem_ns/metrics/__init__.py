@@ -6,6 +6,9 @@ Imports only torch and numpy; torchmetrics (LPIPS) is imported lazily inside :fu
   micro, ``ignore_index``).
 * :mod:`.masks`: :func:`mask_iou`, :func:`boundary_iou`, LangSplat / GSemSplat query evaluation
   (:func:`postprocess_relevancy`, :func:`query_iou`, :func:`localization_hit`).
+* :mod:`.open_vocab`: GSemSplat / LangSplat multi-head query evaluation of one image (:func:`evaluate_queries`),
+  scene totals (:func:`aggregate_results`), GSemSplat's released evaluation layout (:func:`load_gsemsplat_scene`,
+  :func:`evaluate_gsemsplat_scene`).
 * :mod:`.panoptic`: scene-level :func:`panoptic_quality` / :class:`PanopticAccumulator`.
 * :mod:`.depth`: :func:`depth_metrics` (AbsRel, RMSE, delta; optional median / trimmed-LSQ alignment),
   :func:`align_depth`.
@@ -23,6 +26,13 @@ from .masks import (
     mode_filter,
     postprocess_relevancy,
     query_iou,
+)
+from .open_vocab import (
+    aggregate_results,
+    evaluate_gsemsplat_scene,
+    evaluate_queries,
+    load_gsemsplat_scene,
+    relevancy_maps,
 )
 from .panoptic import PanopticAccumulator, panoptic_quality
 from .segmentation import ConfusionMatrix, semantic_segmentation_metrics
@@ -43,6 +53,11 @@ __all__ = [
     "postprocess_relevancy",
     "query_iou",
     "localization_hit",
+    "evaluate_queries",
+    "aggregate_results",
+    "relevancy_maps",
+    "load_gsemsplat_scene",
+    "evaluate_gsemsplat_scene",
     "PanopticAccumulator",
     "panoptic_quality",
     "ConfusionMatrix",
