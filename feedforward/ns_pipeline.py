@@ -34,6 +34,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch.nn import Parameter
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from unisem_ns.capabilities import SemanticHead
 from unisem_ns.data.scene_io import InputError
 from unisem_ns.ns.dataparser import exit_on_input_error
 from unisem_ns.ns.splat_model import get_viewmat
@@ -206,8 +207,9 @@ class FeedForwardModelConfig(ModelConfig):
     """Background of renders in the viewer."""
 
 
-class FeedForwardModel(SplatfactoModel):
-    """Predicts Gaussians per view set; subclasses SplatfactoModel only so ns-viewer treats it as a splat."""
+class FeedForwardModel(SemanticHead, SplatfactoModel):
+    """Predicts Gaussians per view set; subclasses SplatfactoModel only so ns-viewer treats it as a splat. Its
+    semantic head answers text queries when the corpus scenes carry language cues (``query_field`` else None)."""
 
     config: FeedForwardModelConfig
 

@@ -31,3 +31,37 @@ unified_lift = MethodSpecification(
     description="Unified-Lift: contrastive 16-d Gaussian features + a 256-entry object codebook; instance id = "
     "argmax codebook similarity. Needs object_mask/ (raw SAM ids per view are fine).",
 )
+
+
+def _with_model(spec: MethodSpecification, name: str, description: str, max_iterations=None, **model) -> MethodSpecification:
+    """A named variant of ``spec``: other model settings (and optionally another length), the same pipeline."""
+    cfg = spec.config
+    pipeline = dataclasses.replace(cfg.pipeline, model=dataclasses.replace(cfg.pipeline.model, **model))
+    extra = {} if max_iterations is None else {"max_num_iterations": max_iterations}
+    return MethodSpecification(
+        config=dataclasses.replace(cfg, method_name=name, pipeline=pipeline, **extra), description=description
+    )
+
+
+unified_lift_cluster = _with_model(
+    unified_lift,
+    "unified-lift-cluster",
+    "Unified-Lift's clustering baseline: contrastive features only (no codebook), instances by HDBSCAN over "
+    "rendered features of the training views.",
+    inference="cluster",
+    losses=dataclasses.replace(UnifiedLiftModelConfig().losses, use_codebook=False),
+)
+
+unified_lift_paper = _with_model(
+    unified_lift,
+    "unified-lift-paper",
+    "Unified-Lift as its release trains it (GPU length): 30k iterations, densification until 10k, the paper's "
+    "feature init, every code competing at inference, plain argmax, no kNN regulariser.",
+    max_iterations=30000,
+    stop_split_at=10000,
+    feature_init_scale=1.0,
+    live_code_min_views=0.0,
+    duplicate_code_cos=1.0,
+    refine_radius=0,
+    knn_feature_weight=0.0,
+)

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import tyro
 
+from unisem_ns.capabilities import InstanceHead
 from unisem_ns.data.scene_io import InputError, exit_on_input_error
 
 
@@ -27,7 +28,7 @@ def run_export(args: ExportArgs) -> Path:
 
     _, pipeline, _, _ = load_run(args.load_config, test_mode="inference")
     model = pipeline.model
-    if not hasattr(model, "export_ply"):
+    if not isinstance(model, InstanceHead):
         raise InputError(
             f"{args.load_config}: method '{type(model).__name__}' predicts no instances; export a unified-lift run"
         )

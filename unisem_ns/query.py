@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import tyro
 
+from unisem_ns.capabilities import InstanceHead, SemanticHead
 from unisem_ns.cues.layout import atomic_save_png, atomic_write_json
 from unisem_ns.data.scene_io import InputError, exit_on_input_error, load_gt_queries
 from unisem_ns.language.query_field import binary_mask, palette, turbo
@@ -82,8 +83,9 @@ def run_query(args: QueryArgs) -> Dict:
     queries = parse_queries(args.queries)  # before loading anything
     _, pipeline, _, _ = load_run(args.load_config, test_mode="test")
     model = pipeline.model
-    field = getattr(model, "query_field", None)
-    if field is None and not hasattr(model, "predict_instances"):
+    field = model.query_field if isinstance(model, SemanticHead) else None
+    instances = isinstance(model, InstanceHead)
+    if field is None and not instances:
         raise InputError(
             f"{args.load_config}: method '{type(model).__name__}' renders no language features; "
             "query a run of a semantic method (e.g. ns-train unisem-distill)"
@@ -99,14 +101,14 @@ def run_query(args: QueryArgs) -> Dict:
         except (OSError, json.JSONDecodeError) as e:
             raise InputError(f"{args.labels}: cannot read the label list ({e}); pass a JSON list of class names") from None
     else:
-        labels = list(getattr(model, "eval_labels", []))
+        labels = list(model.eval_labels) if isinstance(model, SemanticHead) else []
     if field is not None:
         field.set_queries(queries)
         field.set_labels(labels)
 
     dataset = pipeline.datamanager.eval_dataset
     file_names = query_file_names(queries)
-    class_names: List[str] = list(getattr(model, "class_names", []))
+    class_names: List[str] = list(model.class_names) if isinstance(model, SemanticHead) else []
     seg_cm = ConfusionMatrix(len(class_names), ignore_index=0) if class_names and labels == model.eval_labels else None
     # Per query: intersection and union with every GT class, pooled over views.
     inter = {q: np.zeros(len(class_names)) for q in queries}
@@ -142,7 +144,7 @@ def run_query(args: QueryArgs) -> Dict:
                 gq = gt_queries[stem][q]
                 m = mask.cpu().numpy()
                 query_gt_iou[q].append(float(np.logical_and(m, gq).sum() / max(np.logical_or(m, gq).sum(), 1)))
-        if hasattr(model, "predict_instances"):  # instance methods (e.g. Unified-Lift) expose per-pixel ids
+        if instances:
             inst = model.predict_instances(outputs)
             atomic_save_png(view_dir / "instances.png", inst.cpu().numpy().astype(np.uint16))
             atomic_save_png(view_dir / "instances_color.png", _to_u8(palette(int(inst.max()) + 1)[inst.cpu()]))

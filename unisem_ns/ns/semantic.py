@@ -1,8 +1,8 @@
 """What every semantic method shares in Nerfstudio: the language-query field, its viewer controls, and
 closed-set evaluation against ``gt/semantic`` in ``ns-eval``.
 
-A method mixes in :class:`SemanticEvalMixin` and implements ``language_features(outputs) -> [H, W, D]``
-(unit vectors in the cue encoder's space).
+A method mixes in :class:`SemanticEvalMixin`, which declares :class:`~unisem_ns.capabilities.SemanticHead`, and
+implements ``language_features(outputs) -> [H, W, D]`` (unit vectors in the cue encoder's space).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from unisem_ns.capabilities import SemanticHead
 from unisem_ns.language.encoders import make_text_encoder
 from unisem_ns.language.query_field import LanguageQueryField
 from unisem_ns.metrics.segmentation import semantic_segmentation_metrics
@@ -40,7 +41,7 @@ class ViewerQueryControls(nn.Module):
         self._field.set_labels(labels)
 
 
-class SemanticEvalMixin:
+class SemanticEvalMixin(SemanticHead):
     """Language queries in the viewer and mIoU/mAcc in ns-eval for a model with ``language_features``."""
 
     def setup_semantics(self, metadata: Dict) -> None:
@@ -53,13 +54,10 @@ class SemanticEvalMixin:
             self.query_field.set_labels(self.eval_labels)
         self.query_controls = ViewerQueryControls(self.query_field, self.eval_labels)
 
-    def language_features(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
-
     @torch.no_grad()
     def get_outputs_for_camera(self, camera, obb_box=None) -> Dict[str, torch.Tensor]:
         outputs = super().get_outputs_for_camera(camera, obb_box=obb_box)
-        if self.query_field.has_queries() or self.query_field.has_labels():
+        if self.query_field is not None and (self.query_field.has_queries() or self.query_field.has_labels()):
             feats = self.language_features(outputs)
             outputs.update(self.query_field.query_outputs(feats, outputs["rgb"]))
         return outputs

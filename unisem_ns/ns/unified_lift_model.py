@@ -21,6 +21,7 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from torch import nn
 from torch.nn import Parameter
 
+from unisem_ns.capabilities import InstanceHead
 from unisem_ns.language.query_field import palette
 from unisem_ns.metrics.panoptic import PanopticAccumulator
 from unisem_ns.ns.data import UnisemDatamanagerConfig, UnisemDataset
@@ -140,7 +141,7 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     contrastive loss shape the features from the start."""
 
 
-class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
+class UnifiedLiftModel(SemanticEvalMixin, InstanceHead, UnisemSplatModel):
     config: UnifiedLiftModelConfig
     method_name = "unified-lift"
 
@@ -156,8 +157,8 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         self._generator = torch.Generator().manual_seed(0)
         self._knn_generator = torch.Generator().manual_seed(1)  # its own stream: switching it on moves no other draw
         metadata = self.kwargs.get("metadata", {}) or {}
-        self.has_language = "cue_encoder" in metadata
-        dim = int(metadata["cue_encoder"]["dim"]) if self.has_language else 1
+        has_language = "cue_encoder" in metadata
+        dim = int(metadata["cue_encoder"]["dim"]) if has_language else 1
         self.register_buffer("language_sum", torch.zeros(self.config.codebook_size, dim))
         self.register_buffer("language_weight", torch.zeros(self.config.codebook_size))
         self.register_buffer("code_usage", torch.zeros(self.config.codebook_size))
@@ -166,14 +167,20 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         self._cluster_centres: Optional[torch.Tensor] = None
         self.selected_instance: Optional[int] = None
         self.panoptic: Optional[PanopticAccumulator] = None
-        if self.has_language:
+        if has_language:
             self.setup_semantics(metadata)
-        else:
+        else:  # instances only: SemanticHead with no query field
+            self.query_field = None
             self.class_names, self.eval_labels = list(metadata.get("class_names") or []), []
         from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl
 
         self.viewer_control = ViewerControl()
         self.select_button = ViewerButton("Click to select an object", cb_hook=self._arm_click)
+
+    def semantic_init(self, cue_features: torch.Tensor) -> Optional[torch.Tensor]:
+        """None: the feature channel holds instance features, not semantics; a feed-forward initialisation sets
+        the geometry and colours only (the features start as above)."""
+        return None
 
     def training_state(self) -> Dict[str, Any]:
         # the pixel-pair and kNN sample streams continue where they were
@@ -212,7 +219,7 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
                                            self.gaussian_features(self.gauss_params["features_sem"]),
                                            self.config.knn_k, self.config.knn_samples, self._knn_generator)
             losses["knn_feature_loss"] = self.config.knn_feature_weight * loss
-        if self.has_language and "lang_seg" in batch and self.config.losses.use_codebook:
+        if self.answers_text_queries and "lang_seg" in batch and self.config.losses.use_codebook:
             self._accumulate_language(outputs["features"].detach(), batch)
         return losses
 
@@ -332,7 +339,7 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
             hit = (ids == self.selected_instance)[..., None]
             tint = torch.tensor(HIGHLIGHT_COLOR, device=ids.device)
             outputs["instance_highlight"] = torch.where(hit, 0.4 * outputs["rgb"] + 0.6 * tint, 0.5 * outputs["rgb"])
-        if self.has_language and (self.query_field.has_queries() or self.query_field.has_labels()):
+        if self.answers_text_queries and (self.query_field.has_queries() or self.query_field.has_labels()):
             outputs.update(self.query_field.query_outputs(self.language_features(outputs), outputs["rgb"]))
         return outputs
 
@@ -387,7 +394,7 @@ class UnifiedLiftModel(SemanticEvalMixin, UnisemSplatModel):
         """Every Gaussian's centre, instance id and (when the scene has language cues) class to a PLY."""
         ids = self.gaussian_instance_ids().cpu()
         classes = None
-        if self.has_language and self.eval_labels:
+        if self.answers_text_queries and self.eval_labels:
             per_instance = self.query_field.classify(self.instance_language(), self.eval_labels) + 1
             seen = self.language_weight > 0
             per_instance = torch.where(seen, per_instance, torch.full_like(per_instance, -1)).cpu()
