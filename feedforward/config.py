@@ -50,23 +50,18 @@ class PredictorConfig:
     """SH degree of the colour (Uni3R: 3; 0 = view-independent RGB)."""
     scale_multiplier: float = 0.5
     """Gaussian scale = exp(s) * multiplier * nn-dist (the head's s starts at 0). [R] Uni3R uses 0.0025 with
-    distCUDA2; ours is a pixel spacing in the predicted pointmap (:attr:`nn_distance`), of which ~half covers a
-    pixel. Measured with GT geometry ('min' spacing, held-out 2-view sets): the context views' GT labels rendered
-    at the target are 95.7 / 94.8 / 93.3 % correct at 0.2 / 0.3 / 0.5 (nearest-pixel forward warping: 98.0 %);
-    the head learns s."""
+    distCUDA2; ours multiplies a pixel spacing in the predicted pointmap (:attr:`nn_distance`), about half of
+    which covers a pixel; the head learns s."""
     nn_distance: Literal["min", "mean4"] = "min"
     """[R] Pixel spacing the scale is relative to: 'min' = distance to the nearest of the 4 grid neighbours in the
-    predicted pointmap, 'mean4' = their mean. distCUDA2 (3 nearest neighbours in 3D) never measures across a depth
-    edge; 'mean4' does, so edge Gaussians grow to the clamp and smear objects over their surroundings. Measured
-    with GT geometry on 8 held-out 2-view sets: a target rendered from the context views' GT labels is 93 % correct
-    with 'min' against 67 % with 'mean4' (PSNR 24.7 vs 19.6 dB)."""
+    predicted pointmap, 'mean4' = their mean. Like distCUDA2's 3-NN in 3D, 'min' never measures across a depth
+    edge; 'mean4' does, so edge Gaussians grow to the clamp and smear objects over their surroundings."""
     scale_min_ratio: float = 0.1
     """Lower clamp of the scale, times the view's median nn-dist [C: Uni3R 0.1]."""
     scale_max_ratio: float = 1.0
-    """Upper clamp of the scale, times the view's median nn-dist [R; Uni3R: 3]. With 3, the photometric and cosine
-    losses (both reward blur while the pointmap is noisy) grow the learned scale to the clamp within 200 CPU steps
-    (mean Gaussian 6x the pixel footprint) and the rendered semantics smear small objects away: on the 8 held-out
-    2-view sets, the lifted cue scores mIoU 0.232 with 3 and 0.289 with 1 (200 steps, same seed)."""
+    """Upper clamp of the scale, times the view's median nn-dist [R; Uni3R: 3]. The photometric and cosine losses
+    both reward blur while the pointmap is noisy, so a loose clamp lets the learned scales grow until the rendered
+    semantics smear small objects away."""
     init_depth: float = 2.5
     """Depth the untrained head puts every point at (bias of the point channels), metres."""
     semantic_residual: bool = True
@@ -76,8 +71,7 @@ class PredictorConfig:
     residual drowns the cue for the whole (short) training."""
     head_init_scale: float = 0.01
     """[R] Factor on the default init of the head's last conv weights, so the untrained head sits at its bias
-    (depth prior, identity rotation, opacity 0.5, input colour). Every figure in benchmarks/RESULTS.md used 0.01
-    (the head was scaled by 0.1 twice until the one call site made it explicit)."""
+    (depth prior, identity rotation, opacity 0.5, input colour)."""
     expansion_downsample: float = 1.0
     """Bilinear factor before the 1x1 feature expansion (Uni3R: 0.5 at 256 px; 1.0 at our 64 px)."""
 
