@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
-from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 import unisem_ns.ns.checkpoints  # noqa: F401  (registers the safe globals for torch.load)
 from unisem_ns.ns.data import UnisemDatamanagerConfig
 from unisem_ns.ns.optimizers import FusedAdamOptimizerConfig
+from unisem_ns.ns.pipeline import UnisemPipelineConfig
 from unisem_ns.ns.splat_model import UnisemSplatModelConfig
 from unisem_ns.ns.trainer import UnisemTrainerConfig
 
@@ -50,7 +50,7 @@ unisem_splat = MethodSpecification(
         max_num_iterations=3000,
         mixed_precision=False,
         machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
-        pipeline=VanillaPipelineConfig(
+        pipeline=UnisemPipelineConfig(
             datamanager=UnisemDatamanagerConfig(),
             model=UnisemSplatModelConfig(),
         ),

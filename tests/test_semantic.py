@@ -34,6 +34,21 @@ def test_ns_eval_reports_segmentation_metrics(distill_run):
     assert 0.0 <= results["miou"] <= 1.0 and 0.0 <= results["macc"] <= 1.0
     assert results["miou"] > 0.25, results  # 17 classes: chance is far below this
     assert results["psnr"] > 20.0
+    # pooled over the views (the scene protocol); the per-view mean is reported beside it
+    assert 0.0 < results["miou_view_mean"] <= 1.0 and results["miou_view_mean"] != results["miou"]
+
+
+def test_ns_eval_and_unisem_query_report_the_same_scene_figures(distill_run, tmp_path):
+    proc = run_cli([ns_bin("ns-eval"), "--load-config", str(distill_run / "config.yml"),
+                    "--output-path", str(tmp_path / "eval.json")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ns_eval = json.loads((tmp_path / "eval.json").read_text())["results"]
+    proc = run_cli([ns_bin("unisem-query"), "--load-config", str(distill_run / "config.yml"),
+                    "--output", str(tmp_path / "query")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    query = json.loads((tmp_path / "query" / "metrics.json").read_text())["segmentation"]
+    assert ns_eval["miou"] == pytest.approx(query["miou"], abs=1e-9)
+    assert ns_eval["macc"] == pytest.approx(query["macc"], abs=1e-9)
 
 
 def test_query_couch_highlights_the_sofas(distill_run, cue_scene, tmp_path):

@@ -12,9 +12,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from unisem_ns.capabilities import SemanticHead
+from unisem_ns.capabilities import SceneEvaluation, SemanticHead
 from unisem_ns.language.encoders import make_text_encoder
 from unisem_ns.language.query_field import LanguageQueryField
+from unisem_ns.metrics.scene import SceneEvaluator
 from unisem_ns.metrics.segmentation import semantic_segmentation_metrics
 
 
@@ -41,8 +42,9 @@ class ViewerQueryControls(nn.Module):
         self._field.set_labels(labels)
 
 
-class SemanticEvalMixin(SemanticHead):
-    """Language queries in the viewer and mIoU/mAcc in ns-eval for a model with ``language_features``."""
+class SemanticEvalMixin(SemanticHead, SceneEvaluation):
+    """Language queries in the viewer and mIoU/mAcc in ns-eval for a model with ``language_features``: per view,
+    and pooled over the held-out views (the scene protocol, :mod:`unisem_ns.metrics.scene`) under UnisemPipeline."""
 
     def setup_semantics(self, metadata: Dict) -> None:
         self.text_encoder = make_text_encoder(metadata["cue_encoder"])
@@ -62,6 +64,9 @@ class SemanticEvalMixin(SemanticHead):
             outputs.update(self.query_field.query_outputs(feats, outputs["rgb"]))
         return outputs
 
+    def make_scene_evaluator(self) -> SceneEvaluator:
+        return SceneEvaluator(num_classes=len(self.class_names) if self.eval_labels else None, ignore_index=0)
+
     @torch.no_grad()
     def predict_classes(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
         """[H, W] predicted class ids (1..C-1; never 0 = void) by argmax over the scene's label set."""
@@ -76,8 +81,11 @@ class SemanticEvalMixin(SemanticHead):
         if "gt_semantic" in batch and self.eval_labels:
             gt = batch["gt_semantic"].to(self.device)
             pred = self.predict_classes(outputs)
-            sem = semantic_segmentation_metrics(pred, gt, num_classes=len(self.class_names), ignore_index=0)
-            metrics.update({"miou": sem["miou"], "macc": sem["macc"]})
+            if self.scene_evaluator is not None:
+                metrics.update(self.scene_evaluator.update(pred, gt))
+            else:
+                sem = semantic_segmentation_metrics(pred, gt, num_classes=len(self.class_names), ignore_index=0)
+                metrics.update({"miou": sem["miou"], "macc": sem["macc"]})
             palette = self.query_field.palette(len(self.class_names)).to(self.device)
             images["semantic"] = torch.cat([palette[gt], palette[pred]], dim=1)
         return metrics, images
