@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .config import PredictorConfig
 from .heads import DPTHead, gaussians_from_head, head_channels, init_head_bias, pixel_rays
+from .predictor import PredictedGaussians, Predictor
 
 __all__ = ["UniSemPredictor", "flatten_gaussians", "rope2d"]
 
@@ -157,12 +158,17 @@ class OutputHead(nn.Module):
         # the last layer's start (init_head_bias) is set once by UniSemPredictor, after its weight init
 
 
-class UniSemPredictor(nn.Module):
-    """V unposed views -> per-pixel Gaussians in view 1's camera frame. See the module docstring."""
+class UniSemPredictor(nn.Module, Predictor):
+    """V unposed views -> per-pixel Gaussians in view 1's camera frame. See the module docstring.
+
+    Implements :class:`~feedforward.predictor.Predictor` (:meth:`predict`, :meth:`features_to_cue_space`,
+    :attr:`image_size`) for initialising per-scene training (:mod:`feedforward.scene_init`)."""
 
     def __init__(self, cfg: PredictorConfig = PredictorConfig()):
         super().__init__()
         self.cfg = cfg
+        self.input_size: Optional[Tuple[int, int]] = None
+        """(H, W) of the corpus it was trained on, when known (set by ``load_unisem_predictor``); not saved."""
         rope = cfg.pos_embed == "rope100"
         if rope and (cfg.enc_dim // cfg.enc_heads) % 4 or rope and (cfg.dec_dim // cfg.dec_heads) % 4:
             raise ValueError("rope100 needs head dims divisible by 4 (enc_dim/enc_heads, dec_dim/dec_heads)")
@@ -333,6 +339,46 @@ class UniSemPredictor(nn.Module):
         w = self.feature_expansion.weight[:, :, 0, 0]
         out = latents @ w.T
         return out if self.feature_expansion.bias is None else out + self.feature_expansion.bias
+
+
+    # ------------------------------------------------------------------------------------- Predictor interface
+
+    @property
+    def image_size(self) -> Optional[Tuple[int, int]]:
+        return self.input_size
+
+    @property
+    def size_multiple(self) -> int:
+        return self.cfg.patch_size
+
+    @property
+    def cue_dim(self) -> int:
+        return self.cfg.cue_dim
+
+    @property
+    def feature_space(self) -> str:
+        return f"unisem-latent-{self.cfg.sem_dim}"
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, intrinsics: Optional[Tensor] = None,
+                cues: Optional[Tensor] = None) -> PredictedGaussians:
+        """One forward pass on V views ([V, 3, H, W], view 0 the reference); see
+        :meth:`feedforward.predictor.Predictor.predict`. ``cues`` [V, H, W, cue_dim] feed the semantic input."""
+        v, _, hh, ww = images.shape
+        dev = next(self.parameters()).device
+        sem_in = cues[None].to(dev).float() if cues is not None and self.feature_reduction is not None else None
+        ks = intrinsics[None].to(dev).float() if intrinsics is not None else None
+        g = flatten_gaussians(self(images[None].to(dev).float(), ks, sem_in))
+        yy, xx = torch.meshgrid(torch.arange(hh, device=dev), torch.arange(ww, device=dev), indexing="ij")
+        pixel = torch.stack([yy.reshape(-1), xx.reshape(-1)], -1).repeat(v, 1)
+        view = torch.arange(v, device=dev).repeat_interleave(hh * ww)
+        return PredictedGaussians(means=g["means"], scales=g["scales"], quats=g["quats"], opacities=g["opacities"],
+                                  sh=g["sh"], features=g["sem"], view_index=view, pixel=pixel,
+                                  feature_space=self.feature_space, confidence=g["conf"],
+                                  info={"input_size": (hh, ww)})
+
+    def features_to_cue_space(self, features: Tensor) -> Tensor:
+        return self.expand_latents(features)
 
 
 def flatten_gaussians(g: Dict[str, Tensor], b: int = 0) -> Dict[str, Tensor]:

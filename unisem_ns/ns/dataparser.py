@@ -93,10 +93,34 @@ class UnisemDataParser(Nerfstudio):
                 outputs.metadata["cue_encoder"] = read_encoder_json(scene)
             except CueError:
                 pass
+        # The dataparser's frame change, and the training views as it placed them: what a feed-forward
+        # initialisation (--pipeline.model.init-from-predictor, docs/FEEDFORWARD_INIT.md) needs. Cheap: no
+        # image is read here.
+        outputs.metadata["dataparser_transform"] = outputs.dataparser_transform
+        outputs.metadata["dataparser_scale"] = float(outputs.dataparser_scale)
+        if split == "train":
+            outputs.metadata["train_views"] = train_views(outputs)
         classes = scene / "gt" / "classes.json"
         if classes.exists():  # the label set for evaluation only; no labels are read for training
             outputs.metadata["class_names"] = json.loads(classes.read_text())
         return outputs
+
+
+def train_views(outputs) -> dict:
+    """The training views of ``outputs`` for a feed-forward initialisation: ``image_filenames`` [N] paths,
+    ``c2w`` [N, 3, 4] OpenGL camera-to-world after the dataparser transform and scale, ``K`` [N, 3, 3] pinhole
+    intrinsics at the images' resolution, ``depth_filenames`` ([N] paths or None) with ``depth_unit_scale_factor``
+    (scene depth units: metres per stored unit), ``stems`` [N] (cue file names)."""
+    cams = outputs.cameras
+    depth = outputs.metadata.get("depth_filenames")
+    return {
+        "image_filenames": [Path(f) for f in outputs.image_filenames],
+        "c2w": cams.camera_to_worlds.detach().clone().float(),
+        "K": cams.get_intrinsics_matrices().detach().clone().float(),
+        "depth_filenames": [Path(f) for f in depth] if depth else None,
+        "depth_unit_scale_factor": float(outputs.metadata.get("depth_unit_scale_factor", 1e-3)),
+        "stems": [Path(f).stem for f in outputs.image_filenames],
+    }
 
 
 def _has_split_lists(scene: Path) -> bool:

@@ -163,7 +163,9 @@ class EconSGModel(SemanticEvalMixin, UnisemSplatModel):
         cache: EconSGCache = metadata["econsg_cache"]
         text_latents = torch.as_tensor(cache.text_latents(), dtype=torch.float32)
         self.latent_dim = int(text_latents.shape[1])
-        points = cache.load_points() if self.config.latent_init else None
+        # a feed-forward initialisation (init_from_predictor) replaces the fused-point init
+        fused_init = self.config.latent_init and self.config.init_from_predictor is None
+        points = cache.load_points() if fused_init else None
         if points is not None and len(points["xyz"]) > self.config.max_init_points:
             keep = np.random.default_rng(0).choice(len(points["xyz"]), self.config.max_init_points, replace=False)
             points = {k: v[np.sort(keep)] for k, v in points.items()}
@@ -193,6 +195,23 @@ class EconSGModel(SemanticEvalMixin, UnisemSplatModel):
 
     def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
         return super().get_gaussian_param_groups()
+
+    def semantic_init(self, cue_features: torch.Tensor) -> Optional[torch.Tensor]:
+        """Predicted cue-space features [N, C] -> econSG's unit d-dim latent [N, d]: normalised, then through the
+        cache's frozen AE encoder (the map text queries take); without an AE (the no-AE ablation, d = C) just
+        normalised. None when the widths do not fit (random init kept)."""
+        cache: EconSGCache = self.kwargs["metadata"]["econsg_cache"]
+        x = F.normalize(cue_features.float(), dim=-1)
+        if cache.use_ae:
+            from unisem_ns.econsg.autoencoder import encode_in_batches
+
+            ae = cache.load_autoencoder().eval()
+            if int(ae.in_dim) != x.shape[1]:  # the AE's input width is not the predictor's cue width
+                return None
+            z = torch.as_tensor(encode_in_batches(ae, x)).float()
+        else:
+            z = x
+        return F.normalize(z, dim=-1) if z.shape[1] == self.latent_dim else None
 
     def gaussian_features(self, features_sem: torch.Tensor) -> torch.Tensor:
         # econSG normalises each Gaussian's latent before blending, and the blended pixel after.

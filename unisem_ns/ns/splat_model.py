@@ -25,6 +25,7 @@ from torch.nn import Parameter
 from unisem_ns.data.scene_io import InputError
 from unisem_ns.metrics import depth_metrics
 from unisem_ns.metrics.image import image_metrics
+from unisem_ns.ns import feedforward_init
 from unisem_ns.ns.dataparser import exit_on_input_error
 from unisem_ns.render import rasterization, sh_colors_split
 
@@ -48,6 +49,24 @@ class UnisemSplatBaseConfig(SplatfactoModelConfig):
     """[R] Weight of a depth loss on training views that carry a depth map (RGB-D scenes: ours, ScanNet,
     Replica): mean |d - d_gt| / d_gt of the rendered expected depth over pixels with valid depth. 0 = off
     (Splatfacto and the papers train on RGB only)."""
+    init_from_predictor: Optional[Path] = None
+    """Initialise the Gaussians from a trained feed-forward predictor instead of the seed cloud: the config.yml of
+    an ``ns-train unisem-feedforward`` run (its newest checkpoint), or a file written by
+    ``feedforward.predictor.save_unisem_predictor``. Means, scales, rotations, opacities and colours come from the
+    prediction; the feature channel from its semantics, mapped by the method (docs/FEEDFORWARD_INIT.md)."""
+    init_views: int = 8
+    """Training views the predictor sees, evenly spaced over the training set (0 = all). Neighbouring chosen views
+    form the windows, so they should overlap: raise it for long captures."""
+    init_window: int = 2
+    """Views per predictor pass (the first is the window's reference, whose pose places the window)."""
+    init_pixel_stride: int = 1
+    """Keep every k-th pixel row and column of each view's prediction (k^2 fewer Gaussians)."""
+    init_depth_align: bool = True
+    """Scale each window's prediction by the median ratio of the scene's depth map to the predicted depth on its
+    reference view (scenes with depths/); without depth, or False, the predicted metric scale is kept."""
+    init_semantics: bool = True
+    """Initialise the feature channel from the predicted semantics (where the method defines a mapping,
+    :meth:`UnisemSplatModel.semantic_init`); False keeps the method's own feature init."""
 
 
 @dataclass
@@ -75,33 +94,56 @@ class UnisemSplatModel(SplatfactoModel):
     def populate_modules(self):
         # Model.device does not exist yet inside populate_modules; nerfstudio passes it in kwargs.
         cfg = self.config
-        if self.seed_points is not None and not cfg.random_init:
-            means = self.seed_points[0].float().cpu()
-        else:
-            means = (torch.rand((cfg.num_random, 3)) - 0.5) * cfg.random_scale
-        distances, _ = self.k_nearest_sklearn(means, 3)
-        avg_dist = torch.from_numpy(distances).float().mean(dim=-1, keepdim=True).clamp_min(1e-7)
-        n = means.shape[0]
         dim_sh = num_sh_bases(cfg.sh_degree)
-        seed_rgb = None
-        if self.seed_points is not None and not cfg.random_init and self.seed_points[1].shape[0] > 0:
-            seed_rgb = self.seed_points[1].float().cpu() / 255.0
-        shs = torch.zeros(n, dim_sh, 3)
-        if seed_rgb is not None:
-            shs[:, 0] = RGB2SH(seed_rgb) if cfg.sh_degree > 0 else torch.logit(seed_rgb, eps=1e-10)
+        cue_features = None
+        use_predictor = cfg.init_from_predictor is not None
+        if use_predictor and feedforward_init.restoring_from_checkpoint():
+            from nerfstudio.utils.rich_utils import CONSOLE
+
+            CONSOLE.log("--pipeline.model.init-from-predictor: a checkpoint is loaded next; the predictor is not run")
+            use_predictor = False
+        if use_predictor:
+            predicted, cue_features = self.predict_initial_gaussians()
+            params = feedforward_init.gaussian_params_from_prediction(predicted, cfg.sh_degree)
+            n = predicted.num
         else:
-            shs[:, 0] = torch.rand(n, 3)
-        params = {
-            "means": means,
-            "scales": torch.log(avg_dist.repeat(1, 3)),
-            "quats": random_quat_tensor(n),
-            "features_dc": shs[:, 0].clone(),
-            "features_rest": shs[:, 1:].clone(),
-            "opacities": torch.logit(0.1 * torch.ones(n, 1)),
-        }
+            if self.seed_points is not None and not cfg.random_init:
+                means = self.seed_points[0].float().cpu()
+            else:
+                means = (torch.rand((cfg.num_random, 3)) - 0.5) * cfg.random_scale
+            distances, _ = self.k_nearest_sklearn(means, 3)
+            avg_dist = torch.from_numpy(distances).float().mean(dim=-1, keepdim=True).clamp_min(1e-7)
+            n = means.shape[0]
+            seed_rgb = None
+            if self.seed_points is not None and not cfg.random_init and self.seed_points[1].shape[0] > 0:
+                seed_rgb = self.seed_points[1].float().cpu() / 255.0
+            shs = torch.zeros(n, dim_sh, 3)
+            if seed_rgb is not None:
+                shs[:, 0] = RGB2SH(seed_rgb) if cfg.sh_degree > 0 else torch.logit(seed_rgb, eps=1e-10)
+            else:
+                shs[:, 0] = torch.rand(n, 3)
+            params = {
+                "means": means,
+                "scales": torch.log(avg_dist.repeat(1, 3)),
+                "quats": random_quat_tensor(n),
+                "features_dc": shs[:, 0].clone(),
+                "features_rest": shs[:, 1:].clone(),
+                "opacities": torch.logit(0.1 * torch.ones(n, 1)),
+            }
         if self.feature_dim > 0:
-            # Small random features so the PCA view is not degenerate before any supervision.
-            params["features_sem"] = 0.01 * torch.randn(n, self.feature_dim)
+            sem = None
+            if cue_features is not None and cfg.init_semantics:
+                with torch.no_grad():
+                    sem = self.semantic_init(cue_features)
+                if sem is not None and tuple(sem.shape) != (n, self.feature_dim):
+                    raise ValueError(f"{type(self).__name__}.semantic_init returned {tuple(sem.shape)}, "
+                                     f"want ({n}, {self.feature_dim})")
+            if sem is not None:
+                from nerfstudio.utils.rich_utils import CONSOLE
+
+                CONSOLE.log(f"{self.method_name}: feature channel initialised from the predicted semantics")
+            # Otherwise small random features so the PCA view is not degenerate before any supervision.
+            params["features_sem"] = sem.float().cpu() if sem is not None else 0.01 * torch.randn(n, self.feature_dim)
         self.gauss_params = torch.nn.ParameterDict({k: Parameter(v) for k, v in params.items()})
 
         self.camera_optimizer = cfg.camera_optimizer.setup(num_cameras=self.num_train_data, device="cpu")
@@ -139,6 +181,29 @@ class UnisemSplatModel(SplatfactoModel):
             verbose=False,
         )
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
+
+    # ----------------------------------------------------------------------------------- feed-forward init
+
+    def semantic_init(self, cue_features: torch.Tensor) -> Optional[torch.Tensor]:
+        """The initial feature channel ``[N, feature_dim]`` from predicted cue-space features ``[N, C]``
+        (:attr:`UnisemSplatBaseConfig.init_from_predictor`), or None to keep the random init.
+
+        Here (unisem-splat, unisem-distill): the unit cue features projected on their top ``feature_dim``
+        principal directions (uncentred), so Gaussians the cues tell apart start apart and a decoder to the cue
+        space (unisem-distill's) has a linear map to learn. Methods whose channel lives elsewhere override this
+        (econSG: its autoencoder's latent; Unified-Lift: None, instance features are not semantic)."""
+        return feedforward_init.pca_project(cue_features, self.feature_dim)
+
+    def predict_initial_gaussians(self) -> Tuple[Any, Optional[torch.Tensor]]:
+        """Run the predictor of ``init_from_predictor`` on the chosen training views (``feedforward.scene_init``):
+        world-frame :class:`~feedforward.predictor.PredictedGaussians` and their cue-space features ``[N, C]``
+        (None when the predictor has no semantics or its cue space is not the scene's)."""
+        cfg = self.config
+        try:
+            return feedforward_init.predict_scene_for_model(self.kwargs.get("metadata") or {}, cfg,
+                                                            self.kwargs.get("device", "cpu"))
+        except InputError as e:
+            raise exit_on_input_error(e) from None
 
     # ----------------------------------------------------------------------------------- parameters
 
