@@ -11,6 +11,11 @@ Two cue folders, both in the layouts other tools already use, so cues made elsew
     scene/language_features/manifest.json  (ours) cache manifest of ``unisem-preprocess``.
     scene/object_mask/<stem>.png           uint8/uint16 instance id map, 0 = unassigned; ids need NOT agree
                                            across views (raw SAM), Gaussian Grouping / Unified-Lift layout.
+    scene/dense_features/<stem>.npy        float16 [h, w, D]: one unit embedding per pixel of a reduced grid
+                                           (LSeg / MaskCLIP style), in the text space of encoder.json;
+                                           :func:`read_dense_features` upsamples to the image (bilinear).
+    scene/dense_features/encoder.json      the folder's text space (same form as language_features').
+    scene/dense_features/manifest.json     (ours) cache manifest of ``unisem-preprocess --dense``.
 
 Every writer writes a temporary file in the destination folder and renames it over the target with
 ``os.replace``, so an interrupted run never leaves a truncated file under a final name. A missing folder
@@ -46,6 +51,7 @@ from unisem_ns.utils.atomic import (  # noqa: F401  (re-exported: the cue writer
 __all__ = [
     "LANGUAGE_DIR",
     "OBJECT_MASK_DIR",
+    "DENSE_DIR",
     "ENCODER_JSON",
     "MANIFEST_JSON",
     "LANGSPLAT_LEVELS",
@@ -73,10 +79,19 @@ __all__ = [
     "level_names",
     "scene_stems",
     "track",
+    "DenseCueCache",
+    "dense_dir",
+    "dense_path",
+    "write_dense_features",
+    "read_dense_features",
+    "read_dense_encoder_json",
+    "list_dense_stems",
+    "resize_bilinear",
 ]
 
 LANGUAGE_DIR = "language_features"
 OBJECT_MASK_DIR = "object_mask"
+DENSE_DIR = "dense_features"
 ENCODER_JSON = "encoder.json"
 MANIFEST_JSON = "manifest.json"
 MANIFEST_FORMAT = "unisem-cues/1"
@@ -305,6 +320,140 @@ def list_object_mask_stems(scene: Path) -> List[str]:
 
 
 # --------------------------------------------------------------------------------------------
+# Dense features (LSeg / MaskCLIP style per-pixel embeddings)
+# --------------------------------------------------------------------------------------------
+
+
+def dense_dir(scene: Path) -> Path:
+    return Path(scene) / DENSE_DIR
+
+
+def dense_path(scene: Path, stem: str) -> Path:
+    return dense_dir(scene) / f"{stem}.npy"
+
+
+def _dense_hint(scene: Path) -> str:
+    return (
+        f"make it with `unisem-preprocess --data {scene} --mode simulate --dense` (synthetic scenes with gt/) or "
+        f"`unisem-preprocess --data {scene} --mode sam-clip --dense-only --clip-checkpoint CKPT` (real images)"
+    )
+
+
+def write_dense_features(scene: Path, stem: str, feats: np.ndarray) -> Path:
+    """Write ``dense_features/<stem>.npy``: ``feats`` [h, w, D] L2-normalised per pixel, stored as float16.
+
+    The grid may be coarser than the image (the simulator stores half resolution, MaskCLIP one cell per
+    patch); :func:`read_dense_features` upsamples it. Written atomically (temporary file + rename).
+    """
+    arr = np.asarray(feats, dtype=np.float32)
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise ValueError(f"dense features must be [h, w, D] with h, w, D >= 1; got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"dense features for {stem!r} hold NaN/inf values")
+    arr = arr / np.maximum(np.linalg.norm(arr, axis=-1, keepdims=True), 1e-12)
+    path = dense_path(scene, stem)
+    atomic_save_npy(path, arr.astype(np.float16))
+    return path
+
+
+def _dense_encoder_path(scene: Path) -> Path:
+    """``dense_features/encoder.json`` if present, else ``language_features/encoder.json`` (the shared text space)."""
+    own = dense_dir(scene) / ENCODER_JSON
+    return own if own.exists() else language_dir(scene) / ENCODER_JSON
+
+
+def read_dense_encoder_json(scene: Path) -> Dict[str, Any]:
+    """The text space of ``scene/dense_features``: its own ``encoder.json``, else ``language_features``' one."""
+    scene = Path(scene)
+    path = _dense_encoder_path(scene)
+    if not path.exists():
+        raise CueError(
+            f"{dense_dir(scene) / ENCODER_JSON}: not found (nor {language_dir(scene) / ENCODER_JSON}); say which text "
+            'space the dense features are in by writing {"kind": ..., "model": ..., "pretrained": ..., "dim": D} '
+            "there (or rerun unisem-preprocess --dense)"
+        )
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CueError(f"{path}: unreadable JSON ({e}); rerun unisem-preprocess --dense or fix the file") from None
+    if not isinstance(info, dict) or "dim" not in info:
+        raise CueError(f'{path}: needs at least {{"kind", "model", "dim"}}; rerun unisem-preprocess --dense or fix the file')
+    return info
+
+
+def resize_bilinear(arr: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``arr`` [h, w, C] to ``size`` = (H, W), pixel centres aligned (the same sampling as
+    ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``); float32, any number of channels."""
+    arr = np.asarray(arr, dtype=np.float32)
+    H, W = int(size[0]), int(size[1])
+
+    def taps(n_in: int, n_out: int):
+        src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (src - i0).astype(np.float32)
+
+    h, w = arr.shape[:2]
+    if h != H:
+        i0, i1, t = taps(h, H)
+        arr = arr[i0] * (1.0 - t)[:, None, None] + arr[i1] * t[:, None, None]
+    if w != W:
+        i0, i1, t = taps(w, W)
+        arr = arr[:, i0] * (1.0 - t)[None, :, None] + arr[:, i1] * t[None, :, None]
+    return arr
+
+
+def read_dense_features(scene: Path, stem: str, size: Optional[Tuple[int, int]] = None,
+                        dim: Optional[int] = None) -> np.ndarray:
+    """Load ``dense_features/<stem>.npy`` as float32 [H, W, D] unit rows.
+
+    Args:
+        size: ``(H, W)`` of the image: the stored grid is upsampled bilinearly to it (then re-normalised);
+            None returns the stored grid [h, w, D].
+        dim: the expected D (default: the folder's encoder.json, see :func:`read_dense_encoder_json`).
+
+    Raises :class:`CueError` (one line naming the file and the fix) for a missing / unreadable file, a
+    non-float or non-[h, w, D] array, a D that differs from encoder.json, or a grid whose aspect ratio is
+    not the image's.
+    """
+    scene = Path(scene)
+    folder = dense_dir(scene)
+    if not folder.is_dir():
+        raise CueError(f"{folder}: not found; {_dense_hint(scene)}")
+    path = dense_path(scene, stem)
+    if not path.exists():
+        raise CueError(f"{path}: not found (no dense features for image {stem!r}); {_dense_hint(scene)}")
+    arr = _load_npy(path, mmap=False)
+    if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.floating) or min(arr.shape) < 1:
+        raise CueError(f"{path}: expected a float [h, w, D] array, got {arr.dtype} {arr.shape}; regenerate it "
+                       "(delete it and rerun unisem-preprocess --dense)")
+    want = int(read_dense_encoder_json(scene)["dim"]) if dim is None else int(dim)
+    if arr.shape[2] != want:
+        where = _dense_encoder_path(scene) if dim is None else "the model"
+        raise CueError(f"{path}: features are {arr.shape[2]}-d but {where} says {want}-d; recompute the dense "
+                       "features with the scene's encoder (delete the file, rerun unisem-preprocess --dense)")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise CueError(f"{path}: holds NaN/inf values; delete it and rerun unisem-preprocess --dense")
+    if size is not None:
+        H, W = int(size[0]), int(size[1])
+        h, w = arr.shape[:2]
+        if 2 * abs(h * W - w * H) > W + H:  # more than rounding each side to whole cells
+            raise CueError(f"{path}: grid is {w}x{h} but the image is {W}x{H} (another aspect ratio); recompute the "
+                           "dense features for this image (rerun unisem-preprocess --dense)")
+        if (h, w) != (H, W):
+            arr = resize_bilinear(arr, (H, W))
+    return arr / np.maximum(np.linalg.norm(arr, axis=-1, keepdims=True), 1e-12)
+
+
+def list_dense_stems(scene: Path) -> List[str]:
+    d = dense_dir(scene)
+    if not d.is_dir():
+        raise CueError(f"{d}: not found; {_dense_hint(Path(scene))}")
+    return sorted(p.stem for p in d.glob("*.npy"))
+
+
+# --------------------------------------------------------------------------------------------
 # encoder.json / manifest.json
 # --------------------------------------------------------------------------------------------
 
@@ -349,9 +498,13 @@ def read_encoder_json(scene: Path, infer: bool = True) -> Dict[str, Any]:
     )
 
 
-def read_manifest(scene: Path) -> Optional[Dict[str, Any]]:
-    """The cache manifest of ``unisem-preprocess`` (None if missing or unreadable)."""
-    path = language_dir(scene) / MANIFEST_JSON
+def read_manifest(scene: Path, folder: str = LANGUAGE_DIR) -> Optional[Dict[str, Any]]:
+    """The cache manifest of ``unisem-preprocess`` in ``scene/<folder>`` (None if missing or unreadable);
+    ``folder=DENSE_DIR`` reads the dense features' one."""
+    return _read_json_dict(Path(scene) / folder / MANIFEST_JSON)
+
+
+def _read_json_dict(path: Path) -> Optional[Dict[str, Any]]:
     try:
         m = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -401,12 +554,20 @@ class CueRunReport:
     computed: List[str] = field(default_factory=list)
     reused: List[str] = field(default_factory=list)
     status: str = ""  # "fresh" | "resumed" | "settings changed" | "up to date" | "manifest unreadable"
+    kind: str = "cues"  # "cues" (language_features + object_mask) | "dense" (dense_features)
+    dense: Optional["CueRunReport"] = None
+    """The dense-features job run after this one (``unisem-preprocess --dense``), if any."""
 
     def summary(self) -> str:
-        return (
-            f"{len(self.stems)} views ({len(self.computed)} computed, {len(self.reused)} reused): "
-            f"language features in {self.language_dir.resolve()}, instance masks in {self.object_mask_dir.resolve()}"
-        )
+        counts = f"{len(self.stems)} views ({len(self.computed)} computed, {len(self.reused)} reused)"
+        if self.kind == "dense":
+            text = f"{counts}: dense features in {self.language_dir.resolve()}"
+        else:
+            text = (f"{counts}: language features in {self.language_dir.resolve()}, "
+                    f"instance masks in {self.object_mask_dir.resolve()}")
+        if self.dense is not None:
+            text += f"; dense features for {self.dense.summary()}"
+        return text
 
 
 class CueCache:
@@ -447,9 +608,21 @@ class CueCache:
         self.report = CueRunReport(self.scene, language_dir(self.scene), object_mask_dir(self.scene), sorted(self.stems))
         self._lock: Optional[ExitStack] = None
 
+    # -- what the job writes (DenseCueCache overrides these) --
+
+    def folders(self) -> Tuple[Path, ...]:
+        """The folders the job writes; the first one is locked and holds encoder.json + manifest.json."""
+        return language_dir(self.scene), object_mask_dir(self.scene)
+
+    def manifest_path(self) -> Path:
+        return self.folders()[0] / MANIFEST_JSON
+
+    def _write_encoder(self) -> None:
+        write_encoder_json(self.scene, self.encoder_info)
+
     def __enter__(self) -> "CueCache":
         self._lock = ExitStack()
-        self._lock.enter_context(folder_lock(language_dir(self.scene), self.log))
+        self._lock.enter_context(folder_lock(self.folders()[0], self.log))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -473,24 +646,24 @@ class CueCache:
         }
 
     def _write_manifest(self, complete: bool = False) -> None:
-        atomic_write_json(language_dir(self.scene) / MANIFEST_JSON, self._manifest(complete))
+        atomic_write_json(self.manifest_path(), self._manifest(complete))
 
     def begin(self) -> List[str]:
         """Decide what to (re)compute, say why, write encoder.json + manifest; returns stems to compute."""
         if self._lock is None:
             raise RuntimeError("CueCache.begin() outside `with CueCache(...) as cache:` (the cue folder is not locked)")
-        ld, od = language_dir(self.scene), object_mask_dir(self.scene)
-        ld.mkdir(parents=True, exist_ok=True)
-        od.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(ld)
-        remove_stale_temps(od)
-        old = read_manifest(self.scene)
+        folders = self.folders()
+        ld, mpath = folders[0], self.manifest_path()
+        for d in folders:
+            d.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(d)
+        old = _read_json_dict(mpath)
         n = len(self.stems)
         prev_done: set = set()
         if old is None:
-            if (ld / MANIFEST_JSON).exists():
+            if mpath.exists():
                 self.report.status = "manifest unreadable"
-                self.log(f"{ld / MANIFEST_JSON}: unreadable; recomputing all {n} views")
+                self.log(f"{mpath}: unreadable; recomputing all {n} views")
             else:
                 self.report.status = "fresh"
                 existing = [s for s in self.stems if any(p.exists() for p in self.view_files(s))]
@@ -505,7 +678,7 @@ class CueCache:
             if sorted(old.get("images", [])) != sorted(self.stems):
                 changed.append("image list")
             self.log(
-                f"{ld / MANIFEST_JSON}: settings differ from the cached cues ({', '.join(changed) or 'key'}); "
+                f"{mpath}: settings differ from the cached cues ({', '.join(changed) or 'key'}); "
                 f"recomputing all {n} views"
             )
         else:
@@ -524,7 +697,7 @@ class CueCache:
             else:
                 self.report.status = "resumed"
                 self.log(f"{ld}: resuming: {len(self.done)} of {n} views already done, computing {len(todo)}")
-        write_encoder_json(self.scene, self.encoder_info)
+        self._write_encoder()
         self._write_manifest(complete=not todo)
         return todo
 
@@ -545,3 +718,23 @@ def _diff_keys(old: Any, new: Any, prefix: str = "") -> List[str]:
             out += _diff_keys(old.get(k), new.get(k), f"{prefix}{k}.")
         return out
     return [] if old == new else [prefix.rstrip(".") or "settings"]
+
+
+class DenseCueCache(CueCache):
+    """:class:`CueCache` for ``dense_features/``: one ``<stem>.npy`` per view; the folder is locked, and
+    ``encoder.json`` + ``manifest.json`` (key = settings + image list, ``done`` views) are kept inside it."""
+
+    def __init__(self, scene: Path, stems: Sequence[str], settings: Dict[str, Any], encoder_info: Dict[str, Any],
+                 log: Callable[[str], None] = print):
+        super().__init__(scene, stems, settings, encoder_info, log=log)
+        self.report = CueRunReport(self.scene, dense_dir(self.scene), dense_dir(self.scene), sorted(self.stems),
+                                   kind="dense")
+
+    def folders(self) -> Tuple[Path, ...]:
+        return (dense_dir(self.scene),)
+
+    def _write_encoder(self) -> None:
+        atomic_write_json(dense_dir(self.scene) / ENCODER_JSON, dict(self.encoder_info))
+
+    def view_files(self, stem: str) -> Tuple[Path, ...]:  # type: ignore[override]
+        return (dense_path(self.scene, stem),)

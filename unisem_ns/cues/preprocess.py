@@ -6,6 +6,8 @@ Writes, for every image of a scene (``transforms.json`` frames)::
     DIR/language_features/encoder.json                  the text space of the embeddings
     DIR/language_features/manifest.json                 cache key + which views are done
     DIR/object_mask/<stem>.png                          per-view instance ids (not consistent across views)
+    DIR/dense_features/<stem>.npy                       only with --dense: per-pixel features (LSeg / MaskCLIP
+                                                        style) on a coarse grid, + encoder.json, manifest.json
 
 Modes:
   simulate   the cue SIMULATOR: made from a synthetic scene's exact gt/ with controlled corruption
@@ -13,6 +15,10 @@ Modes:
              (--text-encoder).
   sam-clip   the real front end: SAM automatic masks at LangSplat's four levels + one OpenCLIP image
              embedding per mask (--sam-checkpoint, --sam-model, --clip).
+
+--dense adds the dense features (simulate: from gt/ with --dense-corruption, stored at --dense-scale of
+the image; sam-clip: MaskCLIP patch features of the --clip image tower, one cell per patch);
+--dense-only writes nothing else (sam-clip then needs no SAM checkpoint).
 
 Runs are resumable: a view is skipped when its files exist and the manifest's key (image list + every
 setting) matches; changed settings recompute everything. All writes are atomic, so an interrupted run
@@ -22,6 +28,8 @@ Examples::
 
     unisem-preprocess --data outputs/scene --mode simulate --corruption default
     unisem-preprocess --data my_scene --mode sam-clip --sam-checkpoint sam_vit_h_4b8939.pth
+    unisem-preprocess --data outputs/scene --mode simulate --dense --dense-corruption default
+    unisem-preprocess --data my_scene --mode sam-clip --dense-only --clip-checkpoint open_clip_pytorch_model.bin
 """
 
 from __future__ import annotations
@@ -76,6 +84,18 @@ class PreprocessArgs:
     """sam-clip: device for SAM (auto = cuda if available)."""
     seed: int = 0
     """simulate: corruption seed (view seeds derive from it and the image name)."""
+    dense: bool = False
+    """Also write DIR/dense_features/<stem>.npy, LSeg / MaskCLIP-style per-pixel features in the same text space:
+    simulate: from gt/ with --dense-corruption, stored at --dense-scale of the image size; sam-clip: MaskCLIP
+    patch features of the --clip image tower ([h/16, w/16, 512] for ViT-B-16)."""
+    dense_only: bool = False
+    """Write only DIR/dense_features/ (implies --dense; sam-clip then needs no SAM checkpoint)."""
+    dense_corruption: Literal["none", "default", "heavy"] = "default"
+    """simulate --dense: dense corruption preset. none = GT class embeddings; default = edge blur sigma 2 px,
+    low-frequency noise 0.6 (16 px cells), pixel noise 0.15, region confusion 0.05; heavy = 4 px, 1.2 (24 px),
+    0.3, 0.20."""
+    dense_scale: float = 0.5
+    """simulate --dense: stored grid size as a fraction of the image size (0.5 = half resolution)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -117,15 +137,48 @@ def run(args: PreprocessArgs, log=print) -> CueRunReport:
                 corruption = corruption.with_(levels=args.levels)
         except ValueError as e:
             raise CueError(f"--levels / --corruption: {e}") from None
+        dense = None
+        if args.dense or args.dense_only:
+            from unisem_ns.cues.simulator import DenseCorruption
+
+            dense = DenseCorruption.preset(args.dense_corruption)
+            if not 0.0 < args.dense_scale <= 1.0:
+                raise CueError(f"--dense-scale {args.dense_scale}: must be in (0, 1] (the stored grid is scale x the image)")
         encoder = load_encoder(encoder_spec(args.text_encoder, args.clip_checkpoint))
-        return run_simulation(scene, encoder, corruption, seed=args.seed, progress=args.progress, log=log)
+        report = None
+        if not args.dense_only:
+            report = run_simulation(scene, encoder, corruption, seed=args.seed, progress=args.progress, log=log)
+        if dense is not None:
+            from unisem_ns.cues.simulator import run_dense_simulation
+
+            dense_report = run_dense_simulation(scene, encoder, dense, seed=args.seed, progress=args.progress, log=log,
+                                                scale=args.dense_scale)
+            report = _with_dense(report, dense_report)
+        return report
     from unisem_ns.cues.sam_clip import LANGSPLAT_SAM_SETTINGS, SamClipConfig, check_sam_checkpoint, run_sam_clip
 
     generator = dict(LANGSPLAT_SAM_SETTINGS, points_per_side=args.points_per_side)
     config = SamClipConfig(sam_checkpoint=args.sam_checkpoint, sam_model=args.sam_model, generator=generator, device=args.device)
-    check_sam_checkpoint(args.sam_checkpoint, args.sam_model)  # the one-line "download ..." error, before CLIP loads
+    if not args.dense_only:
+        check_sam_checkpoint(args.sam_checkpoint, args.sam_model)  # the one-line "download ..." error, before CLIP loads
     encoder = load_encoder(encoder_spec(args.clip, args.clip_checkpoint), device=config.resolved_device())
-    return run_sam_clip(scene, encoder, config, progress=args.progress, log=log)
+    report = None
+    if not args.dense_only:
+        report = run_sam_clip(scene, encoder, config, progress=args.progress, log=log)
+    if args.dense or args.dense_only:
+        from unisem_ns.cues.sam_clip import run_maskclip
+
+        report = _with_dense(report, run_maskclip(scene, encoder, max_height=config.max_height,
+                                                  progress=args.progress, log=log))
+    return report
+
+
+def _with_dense(report: Optional[CueRunReport], dense: CueRunReport) -> CueRunReport:
+    """The mask cues' report with the dense job's attached (or the dense job's alone with --dense-only)."""
+    if report is None:
+        return dense
+    report.dense = dense
+    return report
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

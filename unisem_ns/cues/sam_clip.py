@@ -26,6 +26,18 @@ What it does per image (LangSplat's preprocess.py, re-implemented on the stock `
 6. ``object_mask/<stem>.png``: the ``default`` level's visible masks, ids 1..K in paint order (large ->
    small; 0 = unassigned). Ids do not agree across views (raw SAM, Unified-Lift's input).
 
+Dense mode (:func:`run_maskclip`, ``unisem-preprocess --mode sam-clip --dense``): MaskCLIP-style dense
+features of the same OpenCLIP image tower, written to ``dense_features/<stem>.npy`` (float16
+[h / p, w / p, D] for patch size p: [h/16, w/16, 512] for ViT-B/16) by :func:`maskclip_patch_features`:
+the image (downscaled to ``max_height`` like above) is resized to a whole number of patches and
+normalised with CLIP's mean / std; the class-token and patch embeddings (positional embedding resampled
+bicubically when the patch grid is not the model's) go through every transformer block but the last; of
+the last block only the value path is kept: ``ln_1`` -> value projection -> attention output projection
+(``out_proj``, then LayerScale if any), i.e. attention replaced by the identity, its residual and MLP
+dropped; every patch token then goes through the tower's ``ln_post`` and ``proj`` into the joint text
+space and is L2-normalised. Nothing is downloaded: without the CLIP weights this is the encoder's
+one-line "download ... and pass --clip-checkpoint" error.
+
 Nothing is downloaded: a missing SAM checkpoint is a one-line error saying what to fetch.
 """
 
@@ -43,10 +55,12 @@ from unisem_ns.cues.layout import (
     CueCache,
     CueError,
     CueRunReport,
+    DenseCueCache,
     save_language_cue,
     save_object_mask,
     scene_stems,
     track,
+    write_dense_features,
 )
 from unisem_ns.data.scene_io import read_transforms
 
@@ -65,7 +79,15 @@ __all__ = [
     "encode_masks",
     "sam_clip_view",
     "run_sam_clip",
+    "MASKCLIP_VERSION",
+    "maskclip_patch_features",
+    "maskclip_view",
+    "maskclip_settings",
+    "run_maskclip",
 ]
+
+MASKCLIP_VERSION = 1
+"""Bump when :func:`maskclip_patch_features` changes its output (part of the dense cache key)."""
 
 SAM_CHECKPOINTS = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
 SAM_RELEASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -548,5 +570,143 @@ def run_sam_clip(
             seg, feats, obj = sam_clip_view(_load_rgb(images[stem]), mask_generator, encoder, config)
             save_object_mask(scene, stem, obj)
             save_language_cue(scene, stem, seg, feats)
+            cache.mark_done(stem)
+        return cache.finish()
+
+
+# --------------------------------------------------------------------------------------------
+# Dense MaskCLIP patch features
+# --------------------------------------------------------------------------------------------
+
+
+def _vision_tower(encoder):
+    """The open_clip VisionTransformer of ``encoder`` (CueError when it has none MaskCLIP can use)."""
+    model = getattr(encoder, "model", None) if hasattr(encoder, "encode_images") else None
+    visual = getattr(model, "visual", None)
+    needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj")
+    if visual is None or not all(hasattr(visual, a) for a in needed):
+        raise CueError(
+            f"text encoder {getattr(encoder, 'name', encoder)!r} has no OpenCLIP ViT image tower; dense (MaskCLIP) "
+            "features need one, e.g. --clip open_clip:ViT-B-16:laion2b_s34b_b88k"
+        )
+    if getattr(visual, "attn_pool", None) is not None or visual.proj is None:
+        raise CueError(f"text encoder {getattr(encoder, 'name', encoder)!r}: its ViT pools with attention or has "
+                       "no output projection; dense (MaskCLIP) features need a plain CLIP ViT such as ViT-B-16")
+    return visual
+
+
+def maskclip_patch_features(visual, images):
+    """MaskCLIP dense features of an open_clip ``VisionTransformer`` (recipe: module docstring).
+
+    Args:
+        visual: the image tower (``open_clip.transformer.VisionTransformer``: ``conv1``, ``class_embedding``,
+            ``positional_embedding``, ``ln_pre``, ``transformer.resblocks`` of ``ResidualAttentionBlock``,
+            ``ln_post``, ``proj``).
+        images: [n, 3, H, W] CLIP-normalised images, H and W multiples of the patch size.
+
+    Returns:
+        float32 [n, H / p, W / p, D] unit features (D = the tower's output dim, the joint text space).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    ph, pw = (visual.conv1.kernel_size if isinstance(visual.conv1.kernel_size, tuple)
+              else (visual.conv1.kernel_size,) * 2)
+    n, _, H, W = images.shape
+    if H % ph or W % pw:
+        raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {ph}x{pw}")
+    gh, gw = H // ph, W // pw
+    dtype = visual.conv1.weight.dtype
+    x = visual.conv1(images.to(dtype))  # [n, width, gh, gw]
+    x = x.flatten(2).transpose(1, 2)  # [n, gh * gw, width]
+    pos = visual.positional_embedding.to(dtype)
+    grid = getattr(visual, "grid_size", None)
+    g0 = tuple(grid) if grid is not None else (int(round((pos.shape[0] - 1) ** 0.5)),) * 2
+    grid_pos = pos[1:]
+    if (gh, gw) != g0:
+        grid_pos = F.interpolate(grid_pos.reshape(1, g0[0], g0[1], -1).permute(0, 3, 1, 2).float(), size=(gh, gw),
+                                 mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(gh * gw, -1).to(dtype)
+    cls = visual.class_embedding.to(dtype).view(1, 1, -1).expand(n, 1, -1)
+    x = torch.cat([cls, x], dim=1) + torch.cat([pos[:1], grid_pos])[None]
+    x = visual.ln_pre(x)  # (patch dropout is the identity in eval mode)
+    blocks = list(visual.transformer.resblocks)
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for blk in blocks[:-1]:
+        x = blk(x)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    last = blocks[-1]
+    attn = last.attn
+    if not isinstance(attn, torch.nn.MultiheadAttention):
+        raise CueError(f"{type(last).__name__}: MaskCLIP features need open_clip's standard ResidualAttentionBlock "
+                       "(nn.MultiheadAttention); use a plain CLIP ViT such as ViT-B-16")
+    e = attn.embed_dim
+    w_v = attn.in_proj_weight[2 * e:] if attn._qkv_same_embed_dim else attn.v_proj_weight
+    b_v = attn.in_proj_bias[2 * e:] if attn.in_proj_bias is not None else None
+    v = attn.out_proj(F.linear(last.ln_1(x), w_v, b_v))
+    v = last.ls_1(v) if hasattr(last, "ls_1") else v
+    tokens = visual.ln_post(v[:, 1:]) @ visual.proj  # [n, gh * gw, D]
+    return F.normalize(tokens.float(), dim=-1).reshape(n, gh, gw, -1)
+
+
+def maskclip_view(image: np.ndarray, encoder, max_height: int = 1080) -> np.ndarray:
+    """Dense MaskCLIP features of one RGB uint8 [H, W, 3] image -> float32 [h / p, w / p, D] unit rows
+    (h, w = the image downscaled to ``max_height``; grid = ``round(h / p) x round(w / p)``, at least 1x1)."""
+    import torch
+    import torch.nn.functional as F
+
+    visual = _vision_tower(encoder)
+    k = visual.conv1.kernel_size
+    ph, pw = k if isinstance(k, tuple) else (k, k)
+    H, W = image.shape[:2]
+    h, w = H, W
+    if max_height and H > max_height:
+        h, w = max_height, max(1, round(W * max_height / H))
+    gh, gw = max(1, round(h / ph)), max(1, round(w / pw))
+    device = visual.conv1.weight.device
+    x = torch.from_numpy(np.array(image[..., :3], dtype=np.uint8)).permute(2, 0, 1)[None].to(device, torch.float32) / 255.0
+    if x.shape[-2:] != (gh * ph, gw * pw):
+        x = F.interpolate(x, size=(gh * ph, gw * pw), mode="bicubic", align_corners=False, antialias=True)
+    mean = torch.tensor(getattr(encoder, "mean", (0.48145466, 0.4578275, 0.40821073)), device=device).view(1, 3, 1, 1)
+    std = torch.tensor(getattr(encoder, "std", (0.26862954, 0.26130258, 0.27577711)), device=device).view(1, 3, 1, 1)
+    x = (x.clamp(0, 1) - mean) / std
+    with torch.no_grad():
+        f = maskclip_patch_features(visual, x)[0]
+    return f.cpu().numpy().astype(np.float32)
+
+
+def maskclip_settings(encoder, max_height: int) -> Dict[str, Any]:
+    """What MaskCLIP dense features depend on (``dense_features/manifest.json`` key)."""
+    ckpt = getattr(encoder, "checkpoint", None)
+    return {
+        "mode": "maskclip",
+        "generator": f"unisem_ns.cues.sam_clip.maskclip/{MASKCLIP_VERSION}",
+        "encoder": dict(encoder.to_json()),
+        "clip_checkpoint_bytes": Path(ckpt).stat().st_size if ckpt and Path(ckpt).is_file() else None,
+        "max_height": int(max_height),
+    }
+
+
+def run_maskclip(
+    scene: Path,
+    encoder,
+    max_height: int = 1080,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> CueRunReport:
+    """MaskCLIP dense features for every image of ``scene`` into ``dense_features/`` (resumable, atomic,
+    folder locked; encoder.json = ``encoder.to_json()``). ``encoder`` is an open_clip
+    :class:`~unisem_ns.language.encoders.OpenClipTextEncoder` (its ViT image tower is used)."""
+    scene = Path(scene)
+    _vision_tower(encoder)  # fail before touching any file
+    stems = scene_stems(scene)
+    meta = read_transforms(scene)
+    images = {Path(f["file_path"]).stem: scene / f["file_path"] for f in meta["frames"]}
+    with DenseCueCache(scene, stems, maskclip_settings(encoder, max_height), encoder.to_json(), log=log) as cache:
+        todo = cache.begin()
+        for stem in track(todo, f"MaskCLIP dense features ({len(todo)} views)", enabled=progress):
+            write_dense_features(scene, stem, maskclip_view(_load_rgb(images[stem]), encoder, max_height))
             cache.mark_done(stem)
         return cache.finish()

@@ -26,6 +26,23 @@ Per view (``rng`` seeded by ``(seed, crc32(stem))``, so every view is reproducib
 9. ``object_mask`` = level-0 masks with ids ``1..K`` permuted randomly per view (``random_ids``), as raw SAM
    gives: the same GT instance gets unrelated ids in different views.
 
+Dense mode (:func:`simulate_dense_features`, ``unisem-preprocess --mode simulate --dense``) writes
+``dense_features/<stem>.npy`` instead: a per-pixel map that behaves like LSeg / MaskCLIP output rather than
+per-mask SAM + CLIP (:class:`DenseCorruption`, view generator seeded by ``(seed, crc32(stem), 1)``):
+
+1. regions = GT instances (or GT classes without ``gt/instance``), each with its majority GT class; with
+   prob. ``region_confusion_prob`` a region takes its most text-similar other class (void never changes);
+2. the per-class one-hot image is blurred with a Gaussian of std ``blur_sigma`` image pixels (so features
+   change smoothly across object boundaries) and area-downsampled to the stored grid (``scale`` x the
+   image, default 0.5); the per-pixel feature is the blurred class weights times the class text embeddings
+   (void pixels get the embedding of the class-0 name);
+3. low-frequency semantic noise: Gaussian weights over the class embeddings drawn on a coarse grid with
+   cells of ``noise_cell`` image pixels and upsampled bilinearly, scaled so its expected norm at the grid
+   nodes is ``lowfreq_noise`` (it mixes other classes into whole parts of objects, like a dense head's
+   spatially correlated mistakes);
+4. per-pixel isotropic noise of expected norm ``pixel_noise`` (per-component std ``pixel_noise / sqrt(D)``),
+   then every pixel is L2-normalised and written as float16.
+
 Levels: ``levels=1`` writes only level 0 (the corrupted instance masks above). ``levels=4`` writes
 LangSplat's order (default, s, m, l): default = level 0; s = every level-0 mask cut once more along a
 random line (parts with independent noise); m = level 0 again (copied rows); l = groups of adjacent
@@ -47,13 +64,17 @@ from unisem_ns.cues.layout import (
     CueCache,
     CueError,
     CueRunReport,
+    DenseCueCache,
+    dense_dir,
     language_dir,
     load_language_cue,
     read_encoder_json,
     save_language_cue,
+    resize_bilinear,
     save_object_mask,
     scene_stems,
     track,
+    write_dense_features,
 )
 
 __all__ = [
@@ -67,10 +88,18 @@ __all__ = [
     "run_simulation",
     "raw_cue_predictions",
     "encode_texts",
+    "DENSE_SIMULATOR_VERSION",
+    "DenseCorruption",
+    "simulate_dense_view",
+    "simulate_dense_features",
+    "run_dense_simulation",
+    "dense_simulation_settings",
 ]
 
 SIMULATOR_VERSION = 1
 """Bump when the simulator's output for given settings changes (part of the cache key)."""
+DENSE_SIMULATOR_VERSION = 1
+"""The same for the dense mode (:func:`simulate_dense_features`)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +178,64 @@ class CueCorruption:
         return replace(self, **kw)
 
 
+@dataclass(frozen=True)
+class DenseCorruption:
+    """How simulated dense (LSeg / MaskCLIP-style) features deviate from GT (recipe: module docstring).
+
+    Presets (``DenseCorruption.preset(name)``); the per-pixel noise is always below the per-mask cue's
+    ``feature_noise`` (0.5 / 1.0), since a dense head averages over many patches:
+
+    ========================  ======  =========  =======
+    field                     none    default    heavy
+    ========================  ======  =========  =======
+    blur_sigma (px)            0.0     2.0        4.0
+    lowfreq_noise              0.0     0.6        1.2
+    noise_cell (px)            16      16         24
+    pixel_noise                0.0     0.15       0.3
+    region_confusion_prob      0.0     0.05       0.20
+    ========================  ======  =========  =======
+    """
+
+    blur_sigma: float = 0.0
+    """Std (image pixels) of the Gaussian blur of the per-class image: width of the smooth band at edges."""
+    lowfreq_noise: float = 0.0
+    """Expected norm (at the coarse grid nodes) of the low-frequency noise mixed in from the class embeddings."""
+    noise_cell: int = 16
+    """Cell size (image pixels) of the coarse grid the low-frequency noise is drawn on."""
+    pixel_noise: float = 0.0
+    """Expected norm of the per-pixel isotropic Gaussian noise (per-component std pixel_noise / sqrt(D))."""
+    region_confusion_prob: float = 0.0
+    """Per region (GT instance) and view: probability it takes its most text-similar other class."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.region_confusion_prob <= 1.0:
+            raise ValueError(f"DenseCorruption.region_confusion_prob must be in [0, 1] (got {self.region_confusion_prob})")
+        for name in ("blur_sigma", "lowfreq_noise", "pixel_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DenseCorruption.{name} must be >= 0 (got {getattr(self, name)})")
+        if self.noise_cell < 1:
+            raise ValueError(f"DenseCorruption.noise_cell must be >= 1 (got {self.noise_cell})")
+
+    PRESETS = ("none", "default", "heavy")  # class attribute (no annotation), not a field
+
+    @classmethod
+    def preset(cls, name: str) -> "DenseCorruption":
+        """``"none"`` (GT class embeddings), ``"default"`` or ``"heavy"``."""
+        if name == "none":
+            return cls()
+        if name == "default":
+            return cls(blur_sigma=2.0, lowfreq_noise=0.6, noise_cell=16, pixel_noise=0.15, region_confusion_prob=0.05)
+        if name == "heavy":
+            return cls(blur_sigma=4.0, lowfreq_noise=1.2, noise_cell=24, pixel_noise=0.3, region_confusion_prob=0.20)
+        raise ValueError(f"unknown dense corruption preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
+
+    def to_json(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def with_(self, **kw) -> "DenseCorruption":
+        return replace(self, **kw)
+
+
 # --------------------------------------------------------------------------------------------
 # Scene labels and text embeddings
 # --------------------------------------------------------------------------------------------
@@ -219,8 +306,10 @@ def similar_classes(text: np.ndarray, void: int | None = 0) -> np.ndarray:
 _KERNEL = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
 
 
-def _view_rng(seed: int, stem: str) -> np.random.Generator:
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(stem.encode())])
+def _view_rng(seed: int, stem: str, stream: int = 0) -> np.random.Generator:
+    """The view's generator; ``stream`` > 0 gives an independent one (the dense mode uses stream 1)."""
+    key = [int(seed) & 0xFFFFFFFF, zlib.crc32(stem.encode())]
+    return np.random.default_rng(key if stream == 0 else key + [int(stream)])
 
 
 def _adjacency(lab: np.ndarray, n: int) -> List[set]:
@@ -438,6 +527,82 @@ def simulate_view(
     return seg, feats, obj, all_cls
 
 
+def _channels(fn, arr: np.ndarray, chunk: int = 4) -> np.ndarray:
+    """Apply an OpenCV image function to [H, W, C] ``arr`` a few channels at a time (cv2's channel limits)."""
+    outs = []
+    for i in range(0, arr.shape[2], chunk):
+        o = fn(np.ascontiguousarray(arr[..., i:i + chunk]))
+        outs.append(o.reshape(*o.shape[:2], -1))
+    return np.concatenate(outs, axis=2)
+
+
+def dense_grid_size(height: int, width: int, scale: float) -> Tuple[int, int]:
+    """The stored grid (h, w) for an image of (height, width) at ``scale``."""
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def simulate_dense_view(
+    semantic: np.ndarray,
+    text: np.ndarray,
+    similar: np.ndarray,
+    corruption: DenseCorruption,
+    rng: np.random.Generator,
+    instance: Optional[np.ndarray] = None,
+    scale: float = 0.5,
+) -> np.ndarray:
+    """Simulate one view's dense features from its GT class map (recipe: module docstring).
+
+    Args:
+        semantic: [H, W] GT class ids (0 = void; void pixels get ``text[0]``).
+        text: [C, D] unit class-name embeddings (row = class id).
+        similar: [C] most similar other class per class (region confusion target).
+        corruption: the dense corruption settings.
+        rng: the view's random generator.
+        instance: optional [H, W] GT instance ids: the regions of region confusion (default: the classes).
+        scale: stored grid = ``round(scale * H) x round(scale * W)``.
+
+    Returns:
+        float32 [h, w, D] unit features.
+    """
+    import cv2
+
+    c = corruption
+    semantic = np.asarray(semantic).astype(np.int64)
+    H, W = semantic.shape
+    C, D = text.shape
+    if semantic.size and (semantic.min() < 0 or semantic.max() >= C):
+        raise ValueError(f"semantic ids must lie in [0, {C - 1}]; got [{semantic.min()}, {semantic.max()}]")
+    # 1. regions and region-level confusion
+    cls = semantic.copy()
+    regions = np.asarray(instance).astype(np.int64) if instance is not None else semantic
+    if c.region_confusion_prob > 0:
+        for rid in np.unique(regions):
+            m = regions == rid
+            k = int(np.bincount(semantic[m], minlength=C).argmax())
+            if rng.random() < c.region_confusion_prob:
+                cls[m & (semantic == k)] = int(similar[k])
+    # 2. blurred class weights on the stored grid
+    onehot = np.zeros((H, W, C), np.float32)
+    onehot[np.arange(H)[:, None], np.arange(W)[None, :], cls] = 1.0
+    if c.blur_sigma > 0:
+        onehot = _channels(lambda a: cv2.GaussianBlur(a, (0, 0), sigmaX=c.blur_sigma, sigmaY=c.blur_sigma,
+                                                      borderType=cv2.BORDER_REFLECT), onehot)
+    h, w = dense_grid_size(H, W, scale)
+    if (h, w) != (H, W):
+        onehot = _channels(lambda a: cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA), onehot)
+    feats = onehot @ text.astype(np.float32)
+    # 3. low-frequency noise in the span of the class embeddings
+    if c.lowfreq_noise > 0:
+        gh, gw = int(np.ceil(H / c.noise_cell)) + 1, int(np.ceil(W / c.noise_cell)) + 1
+        coarse = rng.standard_normal((gh, gw, C)).astype(np.float32) @ text.astype(np.float32)
+        coarse *= c.lowfreq_noise / max(float(np.sqrt(np.mean(np.sum(coarse ** 2, axis=-1)))), 1e-12)
+        feats = feats + resize_bilinear(coarse, (h, w))
+    # 4. per-pixel noise, normalise
+    if c.pixel_noise > 0:
+        feats = feats + rng.standard_normal(feats.shape).astype(np.float32) * (c.pixel_noise / np.sqrt(D))
+    return (feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # Whole scene
 # --------------------------------------------------------------------------------------------
@@ -565,3 +730,76 @@ def raw_cue_predictions(
         pred = np.concatenate([mask_label, np.zeros(1, np.int32)])[idx]  # -1 -> last entry = 0
         out[stem] = pred.astype(np.int32)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Dense mode, whole scene
+# --------------------------------------------------------------------------------------------
+
+
+def dense_simulation_settings(encoder, corruption: DenseCorruption, seed: int, scale: float) -> Dict[str, Any]:
+    """The settings a simulated dense feature set is keyed by (``dense_features/manifest.json``)."""
+    return {
+        "mode": "simulate-dense",
+        "generator": f"unisem_ns.cues.simulator.dense/{DENSE_SIMULATOR_VERSION}",
+        "corruption": corruption.to_json(),
+        "encoder": dict(encoder.to_json()),
+        "seed": int(seed),
+        "scale": float(scale),
+    }
+
+
+def run_dense_simulation(
+    scene: Path,
+    encoder,
+    corruption: DenseCorruption,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    scale: float = 0.5,
+) -> CueRunReport:
+    """Like :func:`simulate_dense_features` but returns a :class:`CueRunReport` (what was computed / reused)."""
+    if not 0.0 < float(scale) <= 1.0:
+        raise CueError(f"--dense-scale {scale}: must be in (0, 1] (the stored grid is scale x the image)")
+    scene = Path(scene)
+    stems = scene_stems(scene)
+    labels = load_scene_labels(scene)
+    text = encode_texts(encoder, labels.class_names)
+    void = 0 if labels.class_names and labels.class_names[0] == "void" else None
+    similar = similar_classes(text, void=void)
+    gt = scene / "gt"
+    settings = dense_simulation_settings(encoder, corruption, seed, scale)
+    with DenseCueCache(scene, stems, settings, encoder.to_json(), log=log) as cache:
+        todo = cache.begin()
+        for stem in track(todo, f"Simulating dense features ({len(todo)} views)", enabled=progress):
+            sem = _read_png(gt / "semantic" / f"{stem}.png")
+            ipath = gt / "instance" / f"{stem}.png"
+            inst = _read_png(ipath) if ipath.exists() else None
+            feats = simulate_dense_view(sem, text, similar, corruption, _view_rng(seed, stem, stream=1),
+                                        instance=inst, scale=scale)
+            write_dense_features(scene, stem, feats)
+            cache.mark_done(stem)
+        return cache.finish()
+
+
+def simulate_dense_features(
+    scene: Path,
+    encoder,
+    corruption: DenseCorruption,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    scale: float = 0.5,
+) -> Path:
+    """Write simulated LSeg / MaskCLIP-style dense features for every image of a synthetic scene.
+
+    Made from ``gt/semantic`` (+ ``gt/instance`` for region confusion) and the encoder's class-name
+    embeddings, corrupted by ``corruption``; written to ``dense_features/<stem>.npy`` (float16
+    [round(scale H), round(scale W), D]) with ``dense_features/encoder.json`` and a resumable manifest (the
+    folder is locked while writing). View ``stem`` uses the generator seeded by ``(seed, crc32(stem), 1)``.
+
+    Returns:
+        ``scene/dense_features``.
+    """
+    run_dense_simulation(scene, encoder, corruption, seed=seed, progress=progress, log=log, scale=scale)
+    return dense_dir(scene)

@@ -41,6 +41,9 @@ class SceneNeeds:
     """``language_features/`` for every view, with an ``encoder.json`` matching the features' width."""
     object_masks: bool = False
     """``object_mask/<stem>.png`` for every training view, of the image's size, not all empty."""
+    dense_features: bool = False
+    """``dense_features/<stem>.npy`` for every view, [h, w, D] with D = its encoder.json's. When False, a
+    ``dense_features/`` folder that is present is still checked, but its problems are warnings."""
     encoder: Optional[Mapping] = None
     """The text space the model was built for (kind, model, pretrained, dim); None = take the scene's."""
     min_train_views: int = 2
@@ -142,6 +145,7 @@ def check_scene(scene: Path, needs: SceneNeeds = SceneNeeds()) -> SceneCheck:
         _check_language(check, scene, needs)
     if needs.object_masks:
         _check_object_masks(check, scene, needs)
+    _check_dense(check, scene, needs)
     _check_gt(check, scene)
     return check
 
@@ -328,6 +332,81 @@ def _check_language(check: SceneCheck, scene: Path, needs: SceneNeeds) -> None:
         if top >= feats.shape[0] or (seg.size and int(np.min(seg)) < -1):
             check.error(s_path, f"mask index {top} but {f_path.name} has only {feats.shape[0]} rows",
                         "regenerate both files (rerun unisem-preprocess)")
+
+
+def _check_dense(check: SceneCheck, scene: Path, needs: SceneNeeds) -> None:
+    """``dense_features/``: errors when the command needs it, else (an optional folder) warnings."""
+    from unisem_ns.cues.layout import (
+        ENCODER_JSON,
+        CueError,
+        _dense_encoder_path,
+        _dense_hint,
+        _load_npy,
+        dense_dir,
+        dense_path,
+        language_dir,
+        read_dense_encoder_json,
+    )
+
+    folder = dense_dir(scene)
+    report = check.error if needs.dense_features else check.warn
+    if not folder.is_dir():
+        if needs.dense_features:
+            check.error(folder, "not found (the method needs dense language features)", _dense_hint(scene))
+        return
+    try:
+        enc = read_dense_encoder_json(scene)
+    except CueError as e:
+        (check.errors if needs.dense_features else check.warnings).append(_problem(e))
+        return
+    enc_path = _dense_encoder_path(scene)
+    dim = int(enc["dim"])
+    lang_enc = language_dir(scene) / ENCODER_JSON
+    if enc_path != lang_enc and lang_enc.is_file():
+        import json
+
+        try:
+            other = json.loads(lang_enc.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            other = None
+        if isinstance(other, dict) and any(str(other.get(k)) != str(enc.get(k)) for k in ("kind", "model", "dim")):
+            report(enc_path, f"dense features are in {_encoder_name(enc)} but the language cues in "
+                   f"{_encoder_name(other)}", "recompute one of them with the other's encoder (unisem-preprocess --dense)")
+    want = needs.encoder
+    if needs.dense_features and want is not None:
+        keys = [k for k in ("kind", "model", "pretrained", "dim") if str(want.get(k)) != str(enc.get(k))]
+        if keys:
+            check.error(enc_path, f"dense features are in {_encoder_name(enc)} but the model was built for "
+                        f"{_encoder_name(want)}", "recompute them with that encoder (unisem-preprocess --dense)")
+            return
+    missing: List[str] = []
+    for fr in check.frames:
+        stem = fr.image.stem
+        path = dense_path(scene, stem)
+        if not path.exists():
+            missing.append(stem)
+            continue
+        try:
+            arr = _load_npy(path, mmap=True)  # the header only
+        except CueError as e:
+            (check.errors if needs.dense_features else check.warnings).append(_problem(e))
+            continue
+        if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.floating) or min(arr.shape) < 1:
+            report(path, f"expected a float [h, w, D] array, got {arr.dtype} {tuple(arr.shape)}",
+                   "regenerate it (delete it and rerun unisem-preprocess --dense)")
+            continue
+        h, w, d = arr.shape
+        if d != dim:
+            report(path, f"features are {d}-d but {enc_path} says {dim}-d",
+                   "recompute the dense features with the scene's encoder (delete the file, rerun unisem-preprocess --dense)")
+            continue
+        if 2 * abs(h * fr.width - w * fr.height) > fr.width + fr.height or h > fr.height or w > fr.width:
+            report(path, f"grid is {w}x{h} but the image is {fr.width}x{fr.height} (another aspect ratio, or larger)",
+                   "recompute the dense features for this image (rerun unisem-preprocess --dense)")
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        report(dense_path(scene, missing[0]), f"missing ({len(missing)} of {len(check.frames)} views have no dense "
+               f"features: {shown})", f"one <image stem>.npy per image is needed; {_dense_hint(scene)}")
 
 
 def _encoder_name(info: Mapping) -> str:
