@@ -68,3 +68,17 @@ def test_nothing_to_score_reports_nothing():
     assert ev.compute() == {} and ev.views == 1
     ev.update(np.array([[1]]), np.array([[0]]))  # only void
     assert math.isnan(ev.compute()["miou"])
+
+
+def test_panoptic_maps_may_come_apart_from_the_semantic_ones():
+    """A panoptic model adds its semantic argmax and its composed (class, instance) maps in two calls: mIoU
+    scores the first, panoptic PQ the second, PQ^scene the instance ids."""
+    gs, gi = np.array([[1, 1, 2, 2]]), np.array([[0, 0, 4, 4]])  # class 1 = stuff, class 2 = a thing
+    ev = SceneEvaluator(num_classes=3, things={2})
+    ev.update(np.array([[1, 1, 1, 2]]), gs)  # semantic argmax: one thing pixel wrong
+    ev.update(gt_classes=gs, pred_instances=np.array([[3, 3, 9, 9]]), gt_instances=gi,
+              panoptic_classes=np.array([[1, 1, 2, 2]]), panoptic_instances=np.array([[0, 0, 9, 9]]))
+    out = ev.compute()
+    assert out["miou"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert out["panoptic_pq"] == 1.0 and out["panoptic_pq_things"] == 1.0 and out["panoptic_pq_stuff"] == 1.0
+    assert out["pq_scene"] == 1.0  # GT void (instance 0) dropped: the thing segment matches exactly

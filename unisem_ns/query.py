@@ -3,7 +3,10 @@
 Writes, per view, ``<stem>/rgb.png``, ``relevancy_<query>.png`` (turbo), ``composited_<query>.png``,
 ``mask_<query>.png``, ``segmentation.png`` (colour) and ``segmentation_ids.png`` (uint16 label index + 1),
 ``instances.png`` / ``instances_color.png`` for methods that predict instances (``predict_instances``; with
-scene-level PQ/SQ/RQ against ``gt/instance`` in metrics.json), and
+scene-level PQ/SQ/RQ against ``gt/instance`` in metrics.json), for a model that is both a semantic and an
+instance head (and has a label set) ``panoptic_class.png`` (uint16 class id, 0 = void), ``panoptic_instance.png``
+(uint16 instance id, 0 = stuff) and ``panoptic.png`` (colour), with category-aware PQ against ``gt/semantic`` +
+``gt/instance`` (Panoptic Lifting's protocol) in metrics.json, and
 ``metrics.json`` when the scene has ``gt/``: pooled mIoU/mAcc for the label set and, for each query, its IoU with
 every GT class pooled over the views where that class is visible (so ``couch`` can be checked against the sofas),
 and with ``gt/queries.json`` masks when present.
@@ -21,12 +24,11 @@ import numpy as np
 import torch
 import tyro
 
-from unisem_ns.capabilities import InstanceHead, SemanticHead
+from unisem_ns.capabilities import InstanceHead, PanopticHead, SemanticHead
 from unisem_ns.cues.layout import atomic_save_png, atomic_write_json
 from unisem_ns.data.scene_io import InputError, exit_on_input_error, load_gt_queries
 from unisem_ns.language.query_field import binary_mask, palette, turbo
-from unisem_ns.metrics.panoptic import PanopticAccumulator
-from unisem_ns.metrics.segmentation import ConfusionMatrix
+from unisem_ns.metrics.scene import SceneEvaluator
 
 
 @dataclass
@@ -77,6 +79,33 @@ def parse_queries(text: str) -> List[str]:
     return queries
 
 
+def panoptic_maps(model, outputs: Dict[str, torch.Tensor], labels: List[str]):
+    """(class ids, instance ids) [H, W] of one view, for a model that is both a SemanticHead and an
+    InstanceHead: its own composition when it is a :class:`PanopticHead`; otherwise each pixel's closed-set class
+    (over ``labels``, ids in ``model.class_names``) with its instance id + 1 on thing classes and 0 on stuff
+    (:data:`unisem_ns.panoptic.DEFAULT_STUFF_CLASSES`)."""
+    from unisem_ns.panoptic import compose_panoptic, split_stuff_things, thing_mask
+
+    if isinstance(model, PanopticHead):
+        return model.predict_panoptic(outputs)
+    names = list(model.class_names)
+    ids = torch.as_tensor([names.index(c) for c in labels], dtype=torch.long)
+    label_idx = model.query_field.classify(model.language_features(outputs), labels)
+    classes = ids.to(label_idx.device)[label_idx.clamp(0, len(labels) - 1)]
+    codes = model.predict_instances(outputs)
+    _, things = split_stuff_things(names)
+    no_votes = torch.zeros(int(codes.max()) + 1, dtype=torch.long)
+    return compose_panoptic(classes, codes, no_votes, thing_mask(len(names), things))
+
+
+def panoptic_things(model) -> List[int]:
+    from unisem_ns.panoptic import split_stuff_things
+
+    if isinstance(model, PanopticHead):
+        return list(model.thing_class_ids)
+    return split_stuff_things(list(model.class_names))[1]
+
+
 def run_query(args: QueryArgs) -> Dict:
     from unisem_ns.ns.trainer import load_run
 
@@ -109,14 +138,19 @@ def run_query(args: QueryArgs) -> Dict:
     dataset = pipeline.datamanager.eval_dataset
     file_names = query_file_names(queries)
     class_names: List[str] = list(model.class_names) if isinstance(model, SemanticHead) else []
-    seg_cm = ConfusionMatrix(len(class_names), ignore_index=0) if class_names and labels == model.eval_labels else None
+    score_segmentation = bool(class_names) and labels == model.eval_labels  # label index + 1 = class id
     # Per query: intersection and union with every GT class, pooled over views.
     inter = {q: np.zeros(len(class_names)) for q in queries}
     union = {q: np.zeros(len(class_names)) for q in queries}
     gt_queries = load_gt_queries(Path(dataset.scene_dir)) if getattr(dataset, "scene_dir", None) else {}
     query_gt_iou: Dict[str, List[float]] = {q: [] for q in queries}
     args.output.mkdir(parents=True, exist_ok=True)
-    panoptic = PanopticAccumulator(void_id=0, void="drop")  # scene-level PQ over all eval views
+    # (class, instance) per pixel: a model with both heads, whose labels are ids of its class names
+    both = (instances and field is not None and bool(labels) and bool(class_names)
+            and all(c in class_names for c in labels))
+    # the scene protocol of ns-eval: every figure pooled over the eval views
+    evaluator = SceneEvaluator(num_classes=len(class_names) or None, ignore_index=0,
+                               things=panoptic_things(model) if both else None)
     n_views = 0
     for camera, batch in pipeline.datamanager.fixed_indices_eval_dataloader:
         stem = Path(dataset.image_filenames[batch["image_idx"]]).stem
@@ -149,22 +183,35 @@ def run_query(args: QueryArgs) -> Dict:
             atomic_save_png(view_dir / "instances.png", inst.cpu().numpy().astype(np.uint16))
             atomic_save_png(view_dir / "instances_color.png", _to_u8(palette(int(inst.max()) + 1)[inst.cpu()]))
             if "gt_instance" in batch:
-                panoptic.update(inst, batch["gt_instance"].to(inst.device))
+                evaluator.update(pred_instances=inst, gt_instances=batch["gt_instance"].to(inst.device))
+        if both:
+            pan_cls, pan_inst = panoptic_maps(model, outputs, labels)
+            from unisem_ns.panoptic import panoptic_colours
+
+            atomic_save_png(view_dir / "panoptic_class.png", pan_cls.cpu().numpy().astype(np.uint16))
+            atomic_save_png(view_dir / "panoptic_instance.png", pan_inst.cpu().numpy().astype(np.uint16))
+            colours = panoptic_colours(pan_cls.cpu(), pan_inst.cpu(), len(class_names), int(pan_inst.max()) + 1)
+            atomic_save_png(view_dir / "panoptic.png", _to_u8(colours))
+            if "gt_instance" in batch and gt_sem is not None:
+                evaluator.update(gt_classes=gt_sem.to(pan_cls.device), gt_instances=batch["gt_instance"].to(pan_inst.device),
+                                 panoptic_classes=pan_cls, panoptic_instances=pan_inst)
         if labels:
             ids = outputs["segmentation_ids"]
             atomic_save_png(view_dir / "segmentation.png", _to_u8(outputs["segmentation"]))
             atomic_save_png(view_dir / "segmentation_ids.png", (ids.cpu().numpy() + 1).astype(np.uint16))
-            if seg_cm is not None and gt_sem is not None:
-                seg_cm.update(ids + 1, gt_sem.to(ids.device))
+            if score_segmentation and gt_sem is not None:
+                evaluator.update(pred_classes=ids + 1, gt_classes=gt_sem.to(ids.device))
         n_views += 1
 
     metrics: Dict = {"config": str(args.load_config), "views": n_views, "queries": {}, "labels": labels}
-    if seg_cm is not None and n_views:
-        seg = seg_cm.compute()
-        metrics["segmentation"] = {"miou": seg["miou"], "macc": seg["macc"], "miou_micro": seg["miou_micro"]}
-    if panoptic.pairs:
-        pq = panoptic.compute()
-        metrics["instances"] = {"pq_scene": pq["pq"], "sq_scene": pq["sq"], "rq_scene": pq["rq"]}
+    scene = evaluator.compute()
+    if "miou" in scene:
+        metrics["segmentation"] = {k: scene[k] for k in ("miou", "macc", "miou_micro", "miou_view_mean", "macc_view_mean")}
+    if "pq_scene" in scene:
+        metrics["instances"] = {k: scene[k] for k in ("pq_scene", "sq_scene", "rq_scene")}
+    if "panoptic_pq" in scene:
+        metrics["panoptic"] = {k: scene[f"panoptic_{k}"] for k in ("pq", "sq", "rq", "pq_things", "pq_stuff")}
+        metrics["panoptic"]["protocol"] = "panoptic_lifting"
     for q in queries:
         entry: Dict = {}
         if class_names:
@@ -193,6 +240,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     if "instances" in metrics:
         s = metrics["instances"]
         print(f"  instances: PQ^scene {s['pq_scene']:.3f}  SQ {s['sq_scene']:.3f}  RQ {s['rq_scene']:.3f}")
+    if "panoptic" in metrics:
+        s = metrics["panoptic"]
+        print(f"  panoptic: PQ {s['pq']:.3f}  SQ {s['sq']:.3f}  RQ {s['rq']:.3f}  (things {s['pq_things']:.3f}, "
+              f"stuff {s['pq_stuff']:.3f})")
     for q, entry in metrics["queries"].items():
         if "best_class" in entry:
             print(f"  '{q}': best matches GT class '{entry['best_class']}' (IoU {entry['best_iou']:.3f})")

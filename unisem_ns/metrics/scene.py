@@ -10,7 +10,8 @@ evaluator pools the views and reports:
 * **instances** (instance maps given): class-agnostic ``pq_scene``, ``sq_scene``, ``rq_scene``: every view's
   pixels pooled, GT void dropped, ids must agree across views (Contrastive Lift's PQ^scene).
 * **panoptic** (both, plus the thing classes): category-aware ``panoptic_pq``, ``panoptic_sq``,
-  ``panoptic_rq`` with the Panoptic Lifting protocol (:mod:`unisem_ns.metrics.panoptic`).
+  ``panoptic_rq`` and ``panoptic_pq_things`` / ``panoptic_pq_stuff`` with the Panoptic Lifting protocol
+  (:mod:`unisem_ns.metrics.panoptic`).
 
 Pooled figures are the protocol's; the view means are reported beside them, never instead.
 """
@@ -66,10 +67,15 @@ class SceneEvaluator:
         gt_classes: Optional[Any] = None,
         pred_instances: Optional[Any] = None,
         gt_instances: Optional[Any] = None,
+        panoptic_classes: Optional[Any] = None,
+        panoptic_instances: Optional[Any] = None,
     ) -> Dict[str, float]:
-        """Add one view. Maps are [H, W] integer tensors/arrays of one shape; pass what the method predicts and the
-        scene has. Returns this view's own semantic figures (``miou``, ``macc``; empty when not scored), which
-        per-image logs may show."""
+        """Add (part of) one view. Maps are [H, W] integer tensors/arrays of one shape; pass what the method
+        predicts and the scene has. ``panoptic_classes`` / ``panoptic_instances`` are the (class, instance) maps
+        the panoptic figures score when they are not ``pred_classes`` / ``pred_instances`` (a panoptic model's
+        composed maps: stuff instance ids zeroed, thing pixels given their object's class); a model may add a
+        view's semantic and panoptic maps in two calls. Returns this view's own semantic figures (``miou``,
+        ``macc``; empty when not scored), which per-image logs may show."""
         self.views += 1
         own: Dict[str, float] = {}
         if self.confusion is not None and pred_classes is not None and gt_classes is not None:
@@ -81,8 +87,10 @@ class SceneEvaluator:
             self.view_semantic.append(own)
         if pred_instances is not None and gt_instances is not None:
             self.instances.update(pred_instances, gt_instances)
-            if self.panoptic is not None and pred_classes is not None and gt_classes is not None:
-                self.panoptic.update(pred_instances, gt_instances, pred_classes, gt_classes)
+        pan_classes = panoptic_classes if panoptic_classes is not None else pred_classes
+        pan_instances = panoptic_instances if panoptic_instances is not None else pred_instances
+        if self.panoptic is not None and all(m is not None for m in (pan_classes, pan_instances, gt_classes, gt_instances)):
+            self.panoptic.update(pan_instances, gt_instances, pan_classes, gt_classes)
         return own
 
     def compute(self) -> Dict[str, float]:
@@ -99,5 +107,6 @@ class SceneEvaluator:
             out.update({"pq_scene": pq["pq"], "sq_scene": pq["sq"], "rq_scene": pq["rq"]})
         if self.panoptic is not None and self.panoptic.pairs:
             pq = self.panoptic.compute()
-            out.update({"panoptic_pq": pq["pq"], "panoptic_sq": pq["sq"], "panoptic_rq": pq["rq"]})
+            out.update({"panoptic_pq": pq["pq"], "panoptic_sq": pq["sq"], "panoptic_rq": pq["rq"],
+                        "panoptic_pq_things": pq["pq_things"], "panoptic_pq_stuff": pq["pq_stuff"]})
         return out

@@ -17,28 +17,24 @@ import torch
 import torch.nn.functional as F
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager
-from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from torch import nn
 from torch.nn import Parameter
 
 from unisem_ns.capabilities import InstanceHead
 from unisem_ns.language.query_field import palette
-from unisem_ns.metrics.panoptic import PanopticAccumulator
+from unisem_ns.ns.pipeline import UnisemPipeline, UnisemPipelineConfig
 from unisem_ns.ns.data import UnisemDatamanagerConfig, UnisemDataset
 from unisem_ns.ns.semantic import SemanticEvalMixin
 from unisem_ns.ns.splat_model import UnisemSplatModel, UnisemSplatModelConfig
 from unisem_ns.unified_lift import (
-    Codebook,
     UnifiedLiftLossConfig,
     centre_similarity,
     cluster_centres,
     cluster_gaussian_features,
-    drop_duplicate_codes,
-    edge_aware_argmax,
-    export_instance_ply,
     knn_feature_regulariser,
     unified_lift_losses,
 )
+from unisem_ns.unified_lift import instance_head as head
 
 HIGHLIGHT_COLOR = (1.0, 0.15, 0.1)
 
@@ -96,15 +92,13 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     duplicate_code_cos: float = 0.75
     """[R] Among the live codes, one whose direction is within this cosine of a more-used live code is a duplicate
     (a split mask's second entry, pulled onto the same object by the concentration loss) and does not compete at
-    inference; 1 = keep every live code. 0.75 never lowered PQ^scene on the ten benchmark checkpoints it was tried
-    on (clean masks: no code dropped) and raised it by up to +0.07 (benchmarks/RESULTS.md)."""
+    inference; 1 = keep every live code."""
     refine_radius: int = 2
     """[R] Edge-aware refinement of rendered instance maps (views, ``ns-eval``, ``unisem-query``): before the argmax,
     each id's score map (codebook probabilities over the competing codes; cosine to the centres for 'cluster') is
     averaged over a (2r+1)^2 window with weights exp(-d^2 / 2 sigma_space^2 - |rgb_p - rgb_q|^2 / 2 sigma_rgb^2) on
-    the rendered RGB, which moves each boundary onto the render's colour edge. 0 = plain argmax (the paper). On the
-    benchmark's three seeds, r=2 raised SQ by 0.02-0.03 and PQ^scene from 0.775 to 0.796 on average
-    (benchmarks/RESULTS.md). Per-Gaussian ids (PLY export, viewer clicks) are not affected."""
+    the rendered RGB, which moves each boundary onto the render's colour edge. 0 = plain argmax (the paper).
+    Per-Gaussian ids (PLY export, viewer clicks) are not affected."""
     refine_sigma_space: float = 1.5
     """Spatial std (pixels) of the edge-aware refinement."""
     refine_sigma_rgb: float = 0.1
@@ -122,9 +116,8 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     """[R] Weight of the 3D kNN regulariser on the Gaussian features (Gaussian Grouping's 3D loss on unit features,
     ``unisem_ns.unified_lift.knn_regulariser``; Unified-Lift's code carries it switched off, 0 = the paper). Each
     step, ``knn_samples`` Gaussians are pulled towards their ``knn_k`` nearest Gaussians' feature directions, so
-    Gaussians the training renders hardly show stop carrying stray ids into novel views. 1e-6 (the contrastive
-    loss's weight; with Adam, the two share the feature update) raised PQ^scene at all three benchmark seeds (mean
-    0.796 -> 0.812); 1e-5 over-smooths (seed 1: 0.770 -> 0.668; benchmarks/RESULTS.md)."""
+    Gaussians the training renders hardly show stop carrying stray ids into novel views. 1e-6 is the contrastive
+    loss's weight (with Adam, the two share the feature update); much larger weights over-smooth."""
     knn_k: int = 5
     """Neighbours per sampled Gaussian for the kNN regulariser (Gaussian Grouping: 5)."""
     knn_samples: int = 512
@@ -132,16 +125,28 @@ class UnifiedLiftModelConfig(UnisemSplatModelConfig):
     stop_split_at: int = 1000
     """Densify until this step. [R] 1000: Unified-Lift densifies for the first third of its 30k steps (until 10k);
     1000 is the same third of ns-train's default 3000. Pass 10000 with ``--max-num-iterations 30000`` for the paper's
-    schedule. On the 1500-step benchmark, 1000 instead of 10000 (densifying to the end) raised PQ^scene at all three
-    seeds (mean 0.756 -> 0.775; benchmarks/RESULTS.md)."""
+    schedule (or the ``unified-lift-paper`` preset)."""
     feature_init_scale: float = 0.1
     """Multiplies the initial per-Gaussian features RGB2SH(U[0,1)) (entries up to +-1.77; 1.0 = the paper). [R] 0.1:
-    with CPU-length schedules (a few thousand steps) the paper's init barely moves at lr 2.5e-3 (64x48 development
-    room, 600 steps: PQ^scene 0.045 at 1.0, 0.34 at 0.1; benchmarks/RESULTS.md); a small init lets the
-    contrastive loss shape the features from the start."""
+    with CPU-length schedules (a few thousand steps) the paper's init barely moves at lr 2.5e-3; a small init
+    lets the contrastive loss shape the features from the start."""
+
+    def instance_head(self) -> head.InstanceHeadConfig:
+        """The instance head's settings (``unisem_ns.unified_lift.instance_head``) from this config's fields."""
+        return head.InstanceHeadConfig(
+            codebook_size=self.codebook_size, feature_dim=self.feature_dim,
+            live_code_min_views=self.live_code_min_views, duplicate_code_cos=self.duplicate_code_cos,
+            refine_radius=self.refine_radius, refine_sigma_space=self.refine_sigma_space,
+            refine_sigma_rgb=self.refine_sigma_rgb, code_usage_decay=self.code_usage_decay,
+            language_decay=self.language_decay,
+        )
 
 
 class UnifiedLiftModel(SemanticEvalMixin, InstanceHead, UnisemSplatModel):
+    """The instance capability (codebook, code usage, live codes, language per code, instance maps, per-Gaussian
+    ids, PLY export) is :mod:`unisem_ns.unified_lift.instance_head`'s state and functions; this class adds the
+    losses, the clustering baseline, the viewer and evaluation."""
+
     config: UnifiedLiftModelConfig
     method_name = "unified-lift"
 
@@ -153,20 +158,17 @@ class UnifiedLiftModel(SemanticEvalMixin, InstanceHead, UnisemSplatModel):
         self.gauss_params["features_sem"].data = (
             self.config.feature_init_scale * (torch.rand(n, self.config.feature_dim) - 0.5) / 0.28209479177387814
         )
-        self.codebook = Codebook(self.config.codebook_size, self.config.feature_dim)
-        self._generator = torch.Generator().manual_seed(0)
-        self._knn_generator = torch.Generator().manual_seed(1)  # its own stream: switching it on moves no other draw
         metadata = self.kwargs.get("metadata", {}) or {}
         has_language = "cue_encoder" in metadata
         dim = int(metadata["cue_encoder"]["dim"]) if has_language else 1
-        self.register_buffer("language_sum", torch.zeros(self.config.codebook_size, dim))
-        self.register_buffer("language_weight", torch.zeros(self.config.codebook_size))
-        self.register_buffer("code_usage", torch.zeros(self.config.codebook_size))
+        # codebook, code_usage, language_sum, language_weight on self (the checkpoint keys of earlier versions)
+        head.register_instance_state(self, head.init_instance_state(self.config.instance_head(), language_dim=dim))
+        self._generator = torch.Generator().manual_seed(0)
+        self._knn_generator = torch.Generator().manual_seed(1)  # its own stream: switching it on moves no other draw
         # inference='cluster' state, filled lazily at first use (not checkpointed: it is a pure function of the
         # trained features).
         self._cluster_centres: Optional[torch.Tensor] = None
         self.selected_instance: Optional[int] = None
-        self.panoptic: Optional[PanopticAccumulator] = None
         if has_language:
             self.setup_semantics(metadata)
         else:  # instances only: SemanticHead with no query field
@@ -223,42 +225,27 @@ class UnifiedLiftModel(SemanticEvalMixin, InstanceHead, UnisemSplatModel):
             self._accumulate_language(outputs["features"].detach(), batch)
         return losses
 
-    @torch.no_grad()
+    @property
+    def head_config(self) -> head.InstanceHeadConfig:
+        """The instance head's settings, read from the config each time (a changed config field takes effect)."""
+        return self.config.instance_head()
+
+    @property
+    def instance_state(self) -> head.InstanceHeadState:
+        """The instance head's state (the codebook and the running tensors registered on this model)."""
+        return head.instance_state_of(self)
+
     def _track_usage(self, mapping: Dict[int, int]) -> None:
-        decay = self.config.code_usage_decay
-        self.code_usage.mul_(decay)
-        if mapping:
-            used = torch.tensor(sorted(set(mapping.values())), dtype=torch.long, device=self.code_usage.device)
-            self.code_usage[used] += 1.0 - decay
+        head.track_usage(self.head_config, self.instance_state, mapping)
 
     def live_codes(self) -> Optional[torch.Tensor]:
         """[L] bool codes that compete at inference, or None (all: threshold 0 or nothing tracked yet)."""
-        if self.config.live_code_min_views <= 0:
-            return None
-        live = self.code_usage >= self.config.live_code_min_views / max(self.num_train_data, 1)
-        if not bool(live.any()):
-            return None
-        return drop_duplicate_codes(self.codebook.code, live, self.code_usage, self.config.duplicate_code_cos)
+        return head.live_codes(self.head_config, self.instance_state, self.num_train_data)
 
-    @torch.no_grad()
     def _accumulate_language(self, features: torch.Tensor, batch) -> None:
-        """Running mean of the 2D language cue over each codebook id's pixels (names instances for queries).
-
-        A pixel's cue is its segment's embedding, so the sum over an id's pixels is (pixels of each segment under
-        that id) @ (unit segment embeddings): no per-pixel [H, W, D] target is built."""
-        seg = batch["lang_seg"].to(self.device)
-        seg = (seg[None] if seg.ndim == 2 else seg)[0].long()
-        valid = seg >= 0
-        if not valid.any():
-            return
-        ids = self.codebook.instance_ids(features[valid])
-        unit = F.normalize(batch["lang_feats"].to(self.device).float(), dim=-1)  # [K, D]
-        k = unit.shape[0]
-        counts = torch.zeros(self.language_weight.shape[0] * k, device=self.device)
-        counts.index_add_(0, ids * k + seg[valid], torch.ones_like(ids, dtype=torch.float32))
-        counts = counts.reshape(-1, k)  # [L, K] pixels of segment k assigned to id l
-        self.language_sum.mul_(self.config.language_decay).add_(counts @ unit)
-        self.language_weight.mul_(self.config.language_decay).add_(counts.sum(1))
+        """Running mean of the 2D language cue over each codebook id's pixels (names instances for queries)."""
+        head.accumulate_language(self.head_config, self.instance_state, features.to(self.device), batch["lang_seg"],
+                                 batch["lang_feats"])
 
     # ------------------------------------------------------------------------------------------- inference
 
@@ -268,25 +255,15 @@ class UnifiedLiftModel(SemanticEvalMixin, InstanceHead, UnisemSplatModel):
         'codebook': logits over the competing (live) codes; 'cluster': cosine to the HDBSCAN centres."""
         if self.config.inference == "cluster":
             return centre_similarity(features, self._centres()), None
-        live = self.live_codes()
-        ids = torch.nonzero(live).squeeze(-1) if live is not None else None
-        code = self.codebook.code if ids is None else self.codebook.code[ids]
-        return features @ code.T, ids
+        return head.instance_scores(self.head_config, self.instance_state, features, self.num_train_data)
 
     @torch.no_grad()
     def instance_map(self, features: torch.Tensor, rgb: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[H, W] long instance ids of a rendered feature image [H, W, D] (or [N] of features [N, D] without ``rgb``):
         the argmax of :meth:`instance_scores`; with the rendered ``rgb`` [H, W, 3] and ``refine_radius`` > 0, after
         the edge-aware filter on it (of the codebook probabilities, or of the cluster cosines)."""
-        cfg = self.config
         scores, ids = self.instance_scores(features)
-        if rgb is None or cfg.refine_radius <= 0:
-            best = scores.argmax(dim=-1)
-        else:
-            if cfg.inference != "cluster":
-                scores = torch.softmax(scores, dim=-1)
-            best = edge_aware_argmax(scores, rgb, cfg.refine_radius, cfg.refine_sigma_space, cfg.refine_sigma_rgb)
-        return best if ids is None else ids[best]
+        return head.readout(self.head_config, scores, ids, rgb, probabilities=self.config.inference != "cluster")
 
     def predict_instances(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
         return outputs["instances"] if "instances" in outputs else self.instance_map(outputs["features"])
@@ -321,8 +298,7 @@ class UnifiedLiftModel(SemanticEvalMixin, InstanceHead, UnisemSplatModel):
 
     def instance_language(self) -> torch.Tensor:
         """[L, D] unit language embedding per codebook id (zero for ids never seen with a cue)."""
-        mean = self.language_sum / self.language_weight.clamp_min(1e-8)[:, None]
-        return F.normalize(mean, dim=-1) * (self.language_weight > 0)[:, None]
+        return head.instance_language(self.instance_state)
 
     def language_features(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Text queries select whole instances: every pixel carries its instance's language embedding."""
@@ -384,8 +360,8 @@ class UnifiedLiftModel(SemanticEvalMixin, InstanceHead, UnisemSplatModel):
             gt = batch["gt_instance"].to(ids.device)
             gt_colours = palette(int(gt.max()) + 1).to(ids.device)
             images["instances"] = torch.cat([gt_colours[gt], colours[ids]], dim=1)
-            if self.panoptic is not None:
-                self.panoptic.update(ids, gt)
+            if self.scene_evaluator is not None:  # pooled over the views: PQ^scene
+                self.scene_evaluator.update(pred_instances=ids, gt_instances=gt)
         else:
             images["instances"] = colours[ids]
         return metrics, images
@@ -399,35 +375,22 @@ class UnifiedLiftModel(SemanticEvalMixin, InstanceHead, UnisemSplatModel):
             seen = self.language_weight > 0
             per_instance = torch.where(seen, per_instance, torch.full_like(per_instance, -1)).cpu()
             classes = per_instance[ids]
-        export_instance_ply(path, self.gauss_params["means"].detach().cpu(), ids, classes, None,
-                            class_names=self.class_names or None)
+        head.export_instances(path, self.gauss_params["means"], ids, classes, class_names=self.class_names or None)
 
 
 # ------------------------------------------------------------------------------------------------- pipeline
 
 
 @dataclass
-class UnifiedLiftPipelineConfig(VanillaPipelineConfig):
+class UnifiedLiftPipelineConfig(UnisemPipelineConfig):
     _target: Type = field(default_factory=lambda: UnifiedLiftPipeline)
 
 
-class UnifiedLiftPipeline(VanillaPipeline):
-    """VanillaPipeline whose eval over all images adds scene-level PQ/SQ/RQ: instance ids must agree across views
-    because the frames are pooled into one panoptic evaluation (Contrastive Lift / Panoptic Lifting protocol)."""
+class UnifiedLiftPipeline(UnisemPipeline):
+    """UnisemPipeline (its eval over all images adds scene-level PQ/SQ/RQ: instance ids must agree across views
+    because the frames are pooled, Contrastive Lift's protocol) that also hands the model its training cameras."""
 
     def __init__(self, config, device, *args, **kwargs):
         super().__init__(config, device, *args, **kwargs)
         # The clustering baseline samples rendered features from the training views.
         self.model.__dict__["train_cameras"] = self.datamanager.train_dataset.cameras
-
-    @torch.no_grad()
-    def get_average_eval_image_metrics(self, step: Optional[int] = None, output_path=None, get_std: bool = False):
-        self.model.panoptic = PanopticAccumulator(void_id=0, void="drop")
-        try:
-            metrics = super().get_average_eval_image_metrics(step=step, output_path=output_path, get_std=get_std)
-            if self.model.panoptic.pairs:
-                pq = self.model.panoptic.compute()
-                metrics.update({"pq_scene": pq["pq"], "sq_scene": pq["sq"], "rq_scene": pq["rq"]})
-        finally:
-            self.model.panoptic = None
-        return metrics

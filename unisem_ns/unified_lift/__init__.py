@@ -13,6 +13,8 @@ Pure PyTorch / numpy / scipy core (no nerfstudio import), docs/methods/unified_l
 * :mod:`.knn_regulariser`: :func:`knn_feature_regulariser` (3D kNN loss on Gaussian features, training).
 * :mod:`.clustering`: HDBSCAN baseline (:func:`cluster_gaussian_features`, :func:`assign_pixels`).
 * :mod:`.export`: instance PLY (:func:`export_instance_ply`, :func:`read_instance_ply`).
+* :mod:`.instance_head`: the instance capability as config + state + functions (codebook, code usage, live codes,
+  language / class accumulation per code, instance maps, export), shared by Unified-Lift and the panoptic model.
 """
 
 from .clustering import assign_pixels, centre_similarity, cluster_centres, cluster_gaussian_features
@@ -28,6 +30,7 @@ from .contrastive import contrastive_loss, mask_prototypes, norm_regulariser, sa
 from .edge_refine import boundary_band, edge_aware_argmax
 from .export import InstancePly, export_instance_ply, instance_colours, read_instance_ply
 from .id_mapping import area_aware_assignment
+from .instance_head import InstanceHeadConfig, InstanceHeadState
 from .knn_regulariser import knn_feature_regulariser, nearest_neighbours
 from .noise_filter import label_confidence
 
@@ -54,6 +57,8 @@ __all__ = [
     "instance_colours",
     "read_instance_ply",
     "area_aware_assignment",
+    "InstanceHeadConfig",
+    "InstanceHeadState",
     "knn_feature_regulariser",
     "nearest_neighbours",
     "label_confidence",
