@@ -74,6 +74,11 @@ class CorpusConfig:
     """Cue simulator corruption preset: none | default | heavy."""
     cue_seed: int = 0
     """Seed of the cue simulator."""
+    dense: bool = False
+    """Also write simulated dense (LSeg/MaskCLIP-style) features, ``dense_features/`` (GSemSplat's context-aware
+    targets; ``unisem_ns.cues.simulator.simulate_dense_features``). A kept scene without them gets them added."""
+    dense_corruption: str = "default"
+    """Dense-feature corruption preset: none | default | heavy."""
     seed_offset: int = 100000
     """Scene seeds are seed_offset + i (train), then val, then test: disjoint rooms per split."""
     progress: bool = True
@@ -196,7 +201,20 @@ def _write_scene(out: Path, seed: int, cfg: CorpusConfig, encoder) -> None:
     atomic_write_json(out / "transforms.json", meta)
     simulate_cues(out, encoder, CueCorruption.preset(cfg.corruption), seed=cfg.cue_seed, progress=False,
                   log=lambda *_: None)
+    if cfg.dense:
+        _write_dense(out, cfg, encoder)
     write_pack(out)
+
+
+def _write_dense(out: Path, cfg: CorpusConfig, encoder) -> None:
+    from unisem_ns.cues.simulator import DenseCorruption, simulate_dense_features
+
+    simulate_dense_features(out, encoder, DenseCorruption.preset(cfg.dense_corruption), seed=cfg.cue_seed,
+                            progress=False, log=lambda *_: None)
+
+
+def _dense_ok(scene: Path) -> bool:
+    return (scene / "dense_features" / "encoder.json").exists()
 
 
 def make_corpus(cfg: CorpusConfig, log=print) -> Path:
@@ -209,6 +227,7 @@ def make_corpus(cfg: CorpusConfig, log=print) -> Path:
     index: Dict[str, List[str]] = {}
     seed = cfg.seed_offset
     todo: List[Tuple[str, int]] = []
+    dense_todo: List[str] = []
     for split, n in splits.items():
         index[split] = []
         for _ in range(n):
@@ -220,9 +239,15 @@ def make_corpus(cfg: CorpusConfig, log=print) -> Path:
             index[split].append(name)
             if not _pack_ok(out / name):
                 todo.append((name, seed))
+            elif cfg.dense and not _dense_ok(out / name):
+                dense_todo.append(name)
             seed += 1
     atomic_write_json(out / "corpus.json", {"config": {k: str(v) if isinstance(v, Path) else v
                                                        for k, v in cfg.__dict__.items()}})
+    if dense_todo:
+        encoder = make_text_encoder("minilm")
+        for name in dense_todo:
+            _write_dense(out / name, cfg, encoder)
     if todo:
         encoder = make_text_encoder("minilm")
         t0 = time.time()

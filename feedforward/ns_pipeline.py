@@ -304,9 +304,22 @@ class FeedForwardModel(SemanticHead, SplatfactoModel):
             with torch.no_grad():
                 was = self.predictor.training
                 self.predictor.eval()
-                self._display_gaussians = {k: v.detach() for k, v in predict(self.predictor, self._display.to(self.device)).items()}
+                self._display_gaussians = {k: v.detach() for k, v in self.predict_display(self._display.to(self.device)).items()}
                 self.predictor.train(was)
         return self._display_gaussians
+
+    def predict_display(self, vs: ViewSet) -> Dict[str, torch.Tensor]:
+        """Flat Gaussians ([N, ...], the renderer's layout) of the displayed view set; a subclass with another
+        predictor overrides this, :attr:`display_sh_degree` and :meth:`query_features`."""
+        return predict(self.predictor, vs)
+
+    @property
+    def display_sh_degree(self) -> int:
+        return self.config.predictor.sh_degree
+
+    def query_features(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the query field scores per pixel ([H, W, D]); here :meth:`language_features`."""
+        return self.language_features(outputs)
 
     @torch.no_grad()
     def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> Dict[str, torch.Tensor]:
@@ -315,7 +328,7 @@ class FeedForwardModel(SemanticHead, SplatfactoModel):
         viewmat = get_viewmat(cam.camera_to_worlds[:1])
         K = cam.get_intrinsics_matrices()[:1].to(self.device)
         w, h = int(cam.width[0]), int(cam.height[0])
-        r = render_gaussians(g, viewmat, K, w, h, self.config.predictor.sh_degree, with_features=True)
+        r = render_gaussians(g, viewmat, K, w, h, self.display_sh_degree, with_features=True)
         bg = self._get_background_color().to(self.device)
         rgb = (r["rgb"][0] + (1 - r["alpha"][0]) * bg).clamp(0, 1)
         out = {"rgb": rgb, "depth": r["depth"][0], "accumulation": r["alpha"][0], "features": r["feature"][0]}
@@ -324,7 +337,7 @@ class FeedForwardModel(SemanticHead, SplatfactoModel):
             if not self.query_field.has_labels():
                 self.query_field.set_labels(self.eval_labels)
         if self.query_field is not None and (self.query_field.has_queries() or self.query_field.has_labels()):
-            out.update(self.query_field.query_outputs(self.language_features(out), rgb))
+            out.update(self.query_field.query_outputs(self.query_features(out), rgb))
         return out
 
     def language_features(self, outputs: Dict[str, torch.Tensor]) -> torch.Tensor:
