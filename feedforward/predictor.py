@@ -225,7 +225,7 @@ def _corpus_image_size(data: Optional[str], base: Path) -> Optional[Tuple[int, i
 
 
 def _load_weights(path: Path) -> Dict[str, Any]:
-    import unisem_ns.ns.checkpoints  # noqa: F401  (numpy scalars of Nerfstudio checkpoints, weights_only)
+    import unisem_ns.utils.safe_globals  # noqa: F401  (numpy scalars of Nerfstudio checkpoints, weights_only)
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

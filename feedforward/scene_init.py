@@ -23,15 +23,17 @@ Nothing here imports nerfstudio.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .predictor import PredictedGaussians, Predictor
 
-__all__ = ["evenly_spaced", "make_windows", "rotmat_to_quat", "quat_multiply", "depth_ratio", "to_world",
+__all__ = ["read_rgb", "scene_cues", "evenly_spaced", "make_windows", "rotmat_to_quat", "quat_multiply", "depth_ratio", "to_world",
            "predict_scene", "input_size", "GL_TO_CV"]
 
 GL_TO_CV = torch.tensor([1.0, -1.0, -1.0])
@@ -222,3 +224,36 @@ def predict_scene(
     out.info = {"windows": [w for w, _ in wins], "depth_ratios": ratios, "input_size": size, "stride": stride,
                 "dataparser_scale": float(dataparser_scale)}
     return out.check()
+
+
+def read_rgb(path: Path) -> Tensor:
+    """[3, H, W] float RGB in [0, 1] of an image file; an unreadable file is an :class:`InputError`."""
+    from PIL import Image
+
+    from unisem_ns.data.scene_io import InputError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except OSError as e:
+        raise InputError(f"{path}: unreadable image ({e})") from None
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def scene_cues(scene: Path, stem: str, size: Tuple[int, int]) -> Optional[Tensor]:
+    """Level-0 language cue of one view as unit features [h, w, C] at ``size`` (nearest; zero where no mask), or
+    None when the view has no readable cue."""
+    from unisem_ns.cues.layout import CueError, language_paths, load_language_cue
+
+    if not all(p.exists() for p in language_paths(scene, stem)):
+        return None
+    try:
+        seg, feats = load_language_cue(scene, stem)
+    except CueError:
+        return None
+    idx = torch.as_tensor(seg[0].astype("int64"))[None, None].float()
+    idx = F.interpolate(idx, size=size, mode="nearest")[0, 0].long()
+    f = F.normalize(torch.as_tensor(feats).float(), dim=-1)
+    if f.shape[0] == 0:
+        return torch.zeros(*size, f.shape[1])
+    return f[idx.clamp(min=0)] * (idx >= 0)[..., None]

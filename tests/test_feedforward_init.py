@@ -331,7 +331,8 @@ def test_oracle_init_rerenders_training_views(tiny_scene):
     pytest.importorskip("nerfstudio")
     from unisem_ns.data.scene_io import load_depth
     from unisem_ns.ns.dataparser import UnisemDataParserConfig
-    from unisem_ns.ns.feedforward_init import _read_rgb, gaussian_params_from_prediction
+    from feedforward.scene_init import read_rgb
+    from unisem_ns.ns.feedforward_init import gaussian_params_from_prediction
     from unisem_ns.ns.splat_model import get_viewmat
     from unisem_ns.render import rasterization
 
@@ -339,7 +340,7 @@ def test_oracle_init_rerenders_training_views(tiny_scene):
     tv, scale = outputs.metadata["train_views"], outputs.metadata["dataparser_scale"]
     assert scale != 1.0  # the dataparser rescales: the test covers it
     chosen = evenly_spaced(len(tv["image_filenames"]), 4)
-    images = [_read_rgb(tv["image_filenames"][i]) for i in chosen]
+    images = [read_rgb(tv["image_filenames"][i]) for i in chosen]
     depths = [torch.from_numpy(load_depth(tv["depth_filenames"][i], tv["depth_unit_scale_factor"])) for i in chosen]
     depths = [torch.where(torch.isfinite(d), d, torch.zeros(())) for d in depths]
     Ks, c2w = tv["K"][chosen], tv["c2w"][chosen]

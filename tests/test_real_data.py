@@ -582,3 +582,20 @@ def test_dataparsers(tmp_path):
         rd.ReplicaDataParserConfig(data=tmp_path / "nowhere").setup().get_dataparser_outputs("train")
     with pytest.raises(SystemExit, match=r"no --data given"):
         rd.ScanNetDataParserConfig().setup().get_dataparser_outputs("train")
+
+
+def test_a_scene_listing_only_test_views_serves_val_from_them(tiny_scene, tmp_path):
+    """Corpus scenes list train and test views only: the val split (what ns-train evaluates) is the test list."""
+    import json
+
+    from conftest import copy_scene
+    from unisem_ns.ns.dataparser import UnisemDataParserConfig
+
+    scene = copy_scene(tiny_scene, tmp_path / "no_val")
+    meta = json.loads((scene / "transforms.json").read_text())
+    meta.pop("val_filenames", None)
+    (scene / "transforms.json").write_text(json.dumps(meta))
+    parser = UnisemDataParserConfig(data=scene).setup()
+    val = parser.get_dataparser_outputs("val").image_filenames
+    test = parser.get_dataparser_outputs("test").image_filenames
+    assert [p.name for p in val] == [p.name for p in test] == sorted(Path(f).name for f in meta["test_filenames"])

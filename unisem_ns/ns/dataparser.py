@@ -78,8 +78,9 @@ class UnisemDataParser(Nerfstudio):
         eval_mode = self.config.eval_mode
         if eval_mode == "filename" and not _has_split_lists(self.config.data):
             self.config.eval_mode = "interval"
+        listed = _split_list_for(self.config.data, split) if self.config.eval_mode == "filename" else split
         try:
-            outputs = super()._generate_dataparser_outputs(split, **kwargs)
+            outputs = super()._generate_dataparser_outputs(listed, **kwargs)
         finally:
             self.config.eval_mode = eval_mode
         # Datasets need the scene root (cues, gt/) and whether ground truth may be read (never in training).
@@ -121,6 +122,16 @@ def train_views(outputs) -> dict:
         "depth_unit_scale_factor": float(outputs.metadata.get("depth_unit_scale_factor", 1e-3)),
         "stems": [Path(f).stem for f in outputs.image_filenames],
     }
+
+
+def _split_list_for(scene: Path, split: str) -> str:
+    """The split whose file list serves ``split``: a scene that lists only test views (or only val views) uses
+    that one list for both held-out splits (our corpus scenes list train and test only)."""
+    if split not in ("val", "test"):
+        return split
+    meta = json.loads((Path(scene) / "transforms.json").read_text())
+    other = "test" if split == "val" else "val"
+    return other if f"{split}_filenames" not in meta and f"{other}_filenames" in meta else split
 
 
 def _has_split_lists(scene: Path) -> bool:

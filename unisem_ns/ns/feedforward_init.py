@@ -60,36 +60,6 @@ def gaussian_params_from_prediction(pred, sh_degree: int) -> Dict[str, torch.Ten
     }
 
 
-def _read_rgb(path: Path) -> torch.Tensor:
-    import numpy as np
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except OSError as e:
-        raise InputError(f"{path}: unreadable image ({e})") from None
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def _scene_cues(scene: Path, stem: str, size: Tuple[int, int]) -> Optional[torch.Tensor]:
-    """Level-0 language cue of one view as unit features [h, w, C] at ``size`` (nearest), or None."""
-    from unisem_ns.cues.layout import CueError, language_paths, load_language_cue
-
-    if not all(p.exists() for p in language_paths(scene, stem)):
-        return None
-    try:
-        seg, feats = load_language_cue(scene, stem)
-    except CueError:
-        return None
-    idx = torch.as_tensor(seg[0].astype("int64"))[None, None].float()
-    idx = torch.nn.functional.interpolate(idx, size=size, mode="nearest")[0, 0].long()
-    f = torch.nn.functional.normalize(torch.as_tensor(feats).float(), dim=-1)
-    if f.shape[0] == 0:
-        return torch.zeros(*size, f.shape[1])
-    return f[idx.clamp(min=0)] * (idx >= 0)[..., None]
-
-
 def predict_scene_for_model(metadata: Dict[str, Any], cfg,
                              device) -> Tuple[Any, Optional[torch.Tensor]]:
     """See :meth:`~unisem_ns.ns.splat_model.UnisemSplatModel.predict_initial_gaussians` (``cfg``: its model config)."""
@@ -98,7 +68,7 @@ def predict_scene_for_model(metadata: Dict[str, Any], cfg,
     from nerfstudio.utils.rich_utils import CONSOLE
 
     from feedforward.predictor import INIT_FLAG, load_unisem_predictor
-    from feedforward.scene_init import evenly_spaced, input_size, predict_scene
+    from feedforward.scene_init import evenly_spaced, input_size, predict_scene, read_rgb, scene_cues
     from unisem_ns.data.scene_io import load_depth
 
     t0 = time.time()
@@ -109,7 +79,7 @@ def predict_scene_for_model(metadata: Dict[str, Any], cfg,
     dev = "cuda" if str(device).startswith("cuda") and torch.cuda.is_available() else "cpu"
     predictor = load_unisem_predictor(Path(cfg.init_from_predictor), device=dev)
     chosen = evenly_spaced(len(views["image_filenames"]), cfg.init_views)
-    images = [_read_rgb(views["image_filenames"][i]) for i in chosen]
+    images = [read_rgb(views["image_filenames"][i]) for i in chosen]
     size = input_size(predictor, *images[0].shape[-2:])
     depths = None
     if cfg.init_depth_align and views.get("depth_filenames"):
@@ -122,7 +92,7 @@ def predict_scene_for_model(metadata: Dict[str, Any], cfg,
                     f"is not the scene's ({enc.get('dim')}-d); its semantics are not used")
     cues = None
     if same_space and metadata.get("scene_dir") is not None:
-        cues = [_scene_cues(Path(metadata["scene_dir"]), views["stems"][i], size) for i in chosen]
+        cues = [scene_cues(Path(metadata["scene_dir"]), views["stems"][i], size) for i in chosen]
     pred = predict_scene(predictor, images, views["K"][chosen], views["c2w"][chosen],
                          dataparser_scale=float(metadata.get("dataparser_scale", 1.0)), depths=depths, cues=cues,
                          window=cfg.init_window, stride=cfg.init_pixel_stride, align_depth=cfg.init_depth_align)
