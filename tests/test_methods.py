@@ -43,9 +43,12 @@ def _differences(preset: str, base: str):
         ("unisem-splat", False, False),
         ("unisem-distill", True, False),
         ("econsg", True, False),
+        ("econsg-code", True, False),
         ("unified-lift", True, True),
         ("unified-lift-cluster", True, True),
+        ("unisem-panoptic", True, True),
         ("unisem-feedforward", True, False),
+        ("gsemsplat", True, False),
     ],
 )
 def test_each_method_declares_its_heads(method, semantic, instances):
@@ -84,6 +87,9 @@ def test_semantic_head_without_query_field_answers_no_text_queries():
          {"max_num_iterations": 30000, "pipeline.model.stop_split_at": 10000, "pipeline.model.feature_init_scale": 1.0,
           "pipeline.model.live_code_min_views": 0.0, "pipeline.model.duplicate_code_cos": 1.0,
           "pipeline.model.refine_radius": 0, "pipeline.model.knn_feature_weight": 0.0}),
+        ("econsg-code", "econsg",
+         {"pipeline.datamanager.prep.crr.vote_exclude_unlabelled": False, "pipeline.datamanager.prep.crr.fill_mode": "code",
+          "pipeline.datamanager.prep.ae.loss_form": "code", "pipeline.datamanager.prep.feature_centres": "raw"}),
         ("unisem-feedforward-paper", "unisem-feedforward",
          {"pipeline.model.egd.enabled": True, "pipeline.model.mtc.enabled": True}),
     ],
