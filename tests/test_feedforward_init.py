@@ -382,7 +382,9 @@ def test_unisem_splat_trains_from_predictor(tiny_scene, tmp_path):
     want = 4 * (64 // 2) * (48 // 2)  # 4 views, 64x48, stride 2: no densification before step 500
     ckpts = sorted((run / "nerfstudio_models").glob("step-*.ckpt"))
     assert ckpts
-    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)["pipeline"]
+    import unisem_ns.utils.safe_globals  # noqa: F401  (allow-list for weights_only loads)
+
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)["pipeline"]
     means = state["_model.gauss_params.means"]
     assert means.shape == (want, 3) and all(torch.isfinite(v).all() for k, v in state.items()
                                             if k.startswith("_model.gauss_params."))

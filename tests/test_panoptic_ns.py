@@ -54,7 +54,9 @@ def test_one_model_declares_both_heads_and_named_channels(pipeline, panoptic_run
     assert isinstance(model, FeatureChannelsHead)
     assert model.feature_channels == {"semantic": 6, "instance": 16}
     assert model.gauss_params["features_sem"].shape[1] == 22
-    ckpt = torch.load(next((panoptic_run / "nerfstudio_models").glob("*.ckpt")), weights_only=False)
+    import unisem_ns.utils.safe_globals  # noqa: F401  (allow-list for weights_only loads)
+
+    ckpt = torch.load(next((panoptic_run / "nerfstudio_models").glob("*.ckpt")), weights_only=True)
     keys = set(ckpt["pipeline"])
     assert {"_model.codebook.code", "_model.class_sum", "_model.code_usage", "_model.text_latents"} <= keys
     # the codes accumulated class votes during training
