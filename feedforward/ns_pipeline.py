@@ -377,16 +377,21 @@ class FeedForwardPipeline(VanillaPipeline):
                                          device=device, grad_scaler=grad_scaler, seed_points=None)
         self.model.to(device)
         self.model.set_display(self.datamanager.display_view_set)
-        rows = [torch.from_numpy(sc.cue_feats[:64].astype(np.float32)) for sc in self.datamanager.train_scenes
-                if sc.cue_feats is not None and len(sc.cue_feats)]
-        if rows and self.model.config.backbone_checkpoint is None:  # a resumed run loads its own weights after this
-            self.model.predictor.init_semantic_subspace(torch.cat(rows).to(self.model.device))
+        self.init_predictor()
         self.world_size = world_size
         if world_size > 1:
             on_cuda = torch.device(device).type == "cuda"
             self._model = typing.cast(typing.Any, DDP(self._model, device_ids=[local_rank] if on_cuda else None,
                                                       find_unused_parameters=True))
             dist.barrier()
+
+    def init_predictor(self) -> None:
+        """Predictor-specific start, before DDP wraps the model: UniSem's semantic subspace from training cues (a
+        resumed run loads its own weights after this)."""
+        rows = [torch.from_numpy(sc.cue_feats[:64].astype(np.float32)) for sc in self.datamanager.train_scenes
+                if sc.cue_feats is not None and len(sc.cue_feats)]
+        if rows and self.model.config.backbone_checkpoint is None:
+            self.model.predictor.init_semantic_subspace(torch.cat(rows).to(self.model.device))
 
     def get_eval_loss_dict(self, step: int):
         self.eval()

@@ -24,7 +24,6 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.base_datamanager import DataManagerConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.models.base_model import ModelConfig
-from nerfstudio.pipelines.base_pipeline import Pipeline
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch.nn import Parameter
 
@@ -286,30 +285,8 @@ class GSemSplatPipelineConfig(FeedForwardPipelineConfig):
 class GSemSplatPipeline(FeedForwardPipeline):
     """Pair training; ``ns-eval`` scores held-out pairs (:func:`~feedforward.gsemsplat.evaluate.evaluate_pairs`)."""
 
-    def __init__(self, config: GSemSplatPipelineConfig, device: str, test_mode: Literal["test", "val", "inference"] = "val",
-                 world_size: int = 1, local_rank: int = 0, grad_scaler=None):
-        Pipeline.__init__(self)
-        self.config = config
-        self.test_mode = test_mode
-        self.datamanager: GSemSplatDataManager = config.datamanager.setup(
-            device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank)
-        self.datamanager.to(device)
-        ds = self.datamanager.train_dataset
-        self._model = config.model.setup(scene_box=ds.scene_box, num_train_data=len(ds), metadata=ds.metadata,
-                                         device=device, grad_scaler=grad_scaler, seed_points=None)
-        self.model.to(device)
-        self.model.set_display(self.datamanager.display_view_set)
-        self.world_size = world_size
-        if world_size > 1:
-            import typing
-
-            import torch.distributed as dist
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            on_cuda = torch.device(device).type == "cuda"
-            self._model = typing.cast(typing.Any, DDP(self._model, device_ids=[local_rank] if on_cuda else None,
-                                                      find_unused_parameters=True))
-            dist.barrier()
+    def init_predictor(self) -> None:
+        """Nothing to set from the corpus: published weights are loaded by the model's config."""
 
     @torch.no_grad()
     def get_average_eval_image_metrics(self, step: Optional[int] = None, output_path: Optional[Path] = None,
